@@ -1,0 +1,220 @@
+"""The command line: ``python -m mupso_lite`` or ``mupso-lite``.
+
+    mupso-lite coord-check --optimizer kfac --param mup --widths 64,256,1024 --out results/coord
+    mupso-lite sweep --widths 64,256 --lrs 0.01,0.1 --optimizers kfac --results results/sweep.jsonl
+    mupso-lite report results/sweep.jsonl --out results/report
+
+A bad flag or value prints one usage line and an error, and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .scaling import OPTIMIZERS, PARAMS
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: "mupso-lite sweep: error: ... (see --help)", exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _list_of(kind, name, choices=None, positive=False):
+    """An argparse type: "a,b,c" -> [kind(a), kind(b), kind(c)], checked."""
+    def parse(text):
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {name}, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected at least one of {name}, got {text!r}")
+        for v in values:
+            if choices and v not in choices:
+                raise argparse.ArgumentTypeError(f"expected values among {', '.join(choices)}, got {v!r}")
+            if positive and not v > 0:
+                raise argparse.ArgumentTypeError(f"expected {name} > 0, got {v!r}")
+        return values
+    return parse
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_float(text):
+    """An argparse type: a finite float >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return v
+
+
+def _model_flags(p):
+    p.add_argument("--depth", type=_positive_int, default=3, help="number of weight layers (default 3)")
+    p.add_argument("--activation", default="tanh", choices=["tanh", "relu", "gelu"])
+    p.add_argument("--base-width", type=_positive_int, default=64, help="base width M0 (default 64)")
+    p.add_argument("--damping-mode", choices=["table", "fixed", "pi", "trace"],
+                   help="K-FAC/FOOF damping mode (default: table)")
+    p.add_argument("--inverse-interval", type=_positive_int, help="K-FAC steps between inverses")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser with the subcommands coord-check, sweep and report."""
+    top = Parser(prog="mupso-lite", description="muP for SGD, Adam, K-FAC, Shampoo and FOOF: "
+                                  "coordinate checks, sweeps and reports.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{coord-check,sweep,report}")
+
+    c = sub.add_parser("coord-check", help="feature change vs width; writes CSV and HTML",
+                       description="Train fresh MLPs at each width for a few steps and fit the width "
+                                   "exponent of every layer's feature change (0 = width-stable).")
+    c.add_argument("--optimizer", choices=OPTIMIZERS, default="kfac")
+    c.add_argument("--param", choices=PARAMS, default="mup")
+    c.add_argument("--widths", type=_list_of(int, "widths", positive=True), default=[64, 128, 256, 512, 1024])
+    c.add_argument("--steps", type=_list_of(int, "steps", positive=True), default=[1, 3],
+                   help="steps at which to record (default 1,3)")
+    c.add_argument("--seeds", type=_list_of(int, "seeds"), default=[0, 1])
+    c.add_argument("--data", default="teacher", choices=["teacher", "digits", "mnist1d", "teacher_regression"])
+    c.add_argument("--lr", type=_list_of(float, "lr", positive=True), default=[0.1], help="base lr (one value)")
+    c.add_argument("--damping", type=_nonneg_float, help="base damping (default: the optimizer's)")
+    _model_flags(c)
+    c.add_argument("--out", default="results/coord", help="output folder (default results/coord)")
+
+    s = sub.add_parser("sweep", help="run a grid into a JSONL results file (resumable)",
+                       description="Every combination of the lists is one run; finished runs in the "
+                                   "results file are skipped, so an interrupted sweep resumes.")
+    s.add_argument("--grid", help="a JSON file holding the grid (a dict of lists); the list flags add to it")
+    s.add_argument("--widths", type=_list_of(int, "widths", positive=True))
+    s.add_argument("--lrs", type=_list_of(float, "lrs", positive=True))
+    s.add_argument("--dampings", type=_list_of(float, "dampings"))
+    s.add_argument("--params", type=_list_of(str, "params", PARAMS))
+    s.add_argument("--optimizers", type=_list_of(str, "optimizers", OPTIMIZERS))
+    s.add_argument("--datasets", type=_list_of(str, "datasets", ("digits", "teacher", "mnist1d")))
+    s.add_argument("--seeds", type=_list_of(int, "seeds"))
+    s.add_argument("--steps", type=_positive_int, default=100)
+    s.add_argument("--batch-size", type=_positive_int, default=64)
+    _model_flags(s)
+    s.add_argument("--results", default="results/sweep.jsonl")
+    s.add_argument("--executor", choices=["local", "serial", "ray"], default="local")
+    s.add_argument("--workers", type=_positive_int, help="parallel runs (default: CPU count)")
+    s.add_argument("--ray-address", help="attach to this Ray cluster (e.g. ray://head:10001 or auto)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("report", help="HTML figures and a CSV summary of a results file",
+                       description="Writes lr_transfer.html, damping_transfer.html, accuracy_vs_width.html "
+                                   "(whichever the results can show) and summary.csv.")
+    r.add_argument("results", help="a JSONL file written by sweep")
+    r.add_argument("--out", default="results/report", help="output folder (default results/report)")
+    return top
+
+
+def main(argv=None) -> int:
+    """Run the command line with ``argv`` (default: sys.argv[1:]); returns the exit code."""
+    p = parser()
+    args = p.parse_args(argv)
+    sub = p._subparsers._group_actions[0].choices[args.command]
+    try:
+        return {"coord-check": _coord, "sweep": _sweep, "report": _report}[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        sub.error(str(e))  # one line, exit code 2
+
+
+def _coord(args) -> int:
+    from .coord import coord_check, theory_slopes
+    from .models import MLP
+    from .plots import coord_check_figure, save_html
+    if len(args.lr) != 1:
+        raise ValueError(f"--lr: expected one value, got {args.lr}")
+    data = __import__("mupso_lite.data", fromlist=["load"]).load(args.data)
+    opts = {k: v for k, v in (("damping_mode", args.damping_mode), ("inverse_interval", args.inverse_interval))
+            if v is not None}
+
+    def model_fn(width, seed=0):
+        return MLP(data.d_in, data.d_out, width, args.depth, base_width=args.base_width, param=args.param,
+                   optimizer=args.optimizer, activation=args.activation, seed=seed)
+    cc = coord_check(model_fn, args.optimizer, args.param, widths=args.widths, steps=args.steps,
+                     seeds=args.seeds, data=data, lr=args.lr[0], damping=args.damping, device="cpu", **opts)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cc.frame.to_csv(out / "coord.csv", index=False)
+    cc.exponents.to_csv(out / "exponents.csv", index=False)
+    theory = theory_slopes(args.param, args.optimizer, args.damping_mode or "table")
+    save_html(coord_check_figure(cc.frame, theory, title=f"Coordinate check: {cc.label}"), out / "coord.html")
+    print(cc.exponents.pivot_table(index="layer", columns="step", values="slope", sort=False)
+          .to_string(float_format=lambda x: f"{x:+.2f}"))
+    print(cc.verdict())
+    print(f"wrote {out / 'coord.csv'}, {out / 'exponents.csv'}, {out / 'coord.html'}")
+    return 0
+
+
+def _sweep(args) -> int:
+    from .sweep import sweep
+    grid = {}
+    if args.grid:
+        try:
+            grid = json.loads(Path(args.grid).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--grid: expected a readable JSON file, got {args.grid!r} ({e})") from None
+        if not isinstance(grid, dict):
+            raise ValueError(f"--grid: expected a JSON object of lists, got {type(grid).__name__}")
+    for key, flag in (("width", "widths"), ("lr", "lrs"), ("damping", "dampings"), ("param", "params"),
+                      ("optimizer", "optimizers"), ("dataset", "datasets"), ("seed", "seeds")):
+        if getattr(args, flag) is not None:
+            grid[key] = getattr(args, flag)
+    fixed = {"steps": args.steps, "batch_size": args.batch_size, "depth": args.depth,
+             "activation": args.activation, "base_width": args.base_width}
+    for key in ("damping_mode", "inverse_interval"):
+        if getattr(args, key) is not None:
+            fixed[key] = getattr(args, key)
+    if not grid:
+        raise ValueError("grid: expected at least one of --grid, --widths, --lrs, ... ; got none")
+    df = sweep(grid, results=args.results, executor=args.executor, workers=args.workers,
+               ray_address=args.ray_address, progress=not args.no_progress, **fixed)
+    counts = df["status"].value_counts().to_dict() if len(df) else {}
+    print(f"{len(df)} runs in {args.results}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
+def _report(args) -> int:
+    from . import plots
+    from .sweep import load_results
+    df = load_results(args.results)
+    if df.empty:
+        raise ValueError(f"results: expected at least one run in {args.results}, got none")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = [m for m in ("train_loss", "best_loss", "test_loss", "test_accuracy") if m in df]
+    keys = [k for k in ("optimizer", "param", "damping_mode", "dataset", "width", "lr", "damping")
+            if k in df and df[k].notna().any()]
+    summary = df.groupby(keys, dropna=False).agg(runs=("status", "size"), ok=("status", lambda s: (s == "ok").sum()),
+                                                 **{m: (m, "mean") for m in metrics}).reset_index()
+    summary.to_csv(out / "summary.csv", index=False)
+    written = [out / "summary.csv"]
+    ok = df[df["status"] == "ok"]
+    if ok["lr"].nunique() > 1:
+        written.append(plots.save_html(plots.lr_transfer_figure(ok), out / "lr_transfer.html"))
+    if "damping" in ok and ok["damping"].nunique() > 1:
+        written.append(plots.save_html(plots.damping_transfer_figure(ok), out / "damping_transfer.html"))
+    if ok["width"].nunique() > 1 and "test_accuracy" in ok:
+        best = ok.loc[ok.groupby(["optimizer", "param", "width", "seed"])["train_loss"].idxmin().dropna()]
+        written.append(plots.save_html(plots.accuracy_vs_width_figure(best, title="Test accuracy vs width "
+                                       "(best lr per width and seed)"), out / "accuracy_vs_width.html"))
+    print(summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""What the dashboard's buttons do in the background thread: train and width-view runs.
+
+``Runs`` is the part of ``Dashboard`` that runs in a ``live.Job`` thread. It builds an
+``ml.MLP`` and its optimizer from the scaling table (``ml.make_optimizer``), iterates
+``ml.train`` with the job's stop flag and feeds the records to throttled live figures and
+the status line. No training math happens here.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import time
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+
+from .coord import fit_slope
+from .data import Dataset, load
+from .live import Job
+from .models import MLP, layer_roles
+from .optim import make_optimizer
+from .train import train
+
+BASE_WIDTH = 64  # hyperparameters are tuned here; wider models follow the scaling table
+OPTIMIZERS = [("SGD", "sgd"), ("Adam", "adam"), ("K-FAC", "kfac"), ("Shampoo", "shampoo"), ("FOOF", "foof")]
+PARAMS = [("SP", "sp"), ("μP", "mup")]
+LABEL = dict((v, k) for k, v in PARAMS)
+# Good settings on digits at the base width: (learning rate, damping or None).
+DEFAULTS = {"sgd": (0.5, None), "adam": (1e-2, None), "kfac": (0.1, 0.1), "foof": (0.1, 0.01),
+            "shampoo": (0.05, 1e-4)}
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
+PARAM_COLORS = {"sp": "#d62728", "mup": "#1f77b4"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One snapshot of the controls; a run uses the settings of the moment it started."""
+
+    width: int
+    lr: float
+    damping: float
+    optimizer: str
+    param: str
+    dataset: str
+    depth: int
+    batch_size: int
+    steps: int
+    seed: int = 0
+
+
+def builtin_datasets() -> list[str]:
+    """The offline datasets the dashboard offers (``mnist1d`` only when its package is installed)."""
+    names = ["digits", "teacher", "teacher_regression"]
+    return names + (["mnist1d"] if importlib.util.find_spec("mnist1d") else [])
+
+
+class Runs:
+    """The training and width-view jobs; mixed into ``Dashboard`` (which owns the widgets)."""
+
+    def _dataset(self, name: str) -> Dataset:
+        with self._data_lock:
+            if name not in self._data_cache:
+                source = self.extra_datasets.get(name)
+                data = load(name) if source is None else (source() if callable(source) else source)
+                if not isinstance(data, Dataset):
+                    raise TypeError(f"dataset {name!r}: expected an ml.datasets Dataset, got {type(data).__name__}")
+                self._data_cache[name] = data
+            return self._data_cache[name]
+
+    def _model(self, s: Settings, data: Dataset, param: str, width: int | None = None, seed: int | None = None):
+        model = MLP(data.d_in, data.d_out, width or s.width, s.depth, base_width=BASE_WIDTH, param=param,
+                    optimizer=s.optimizer, seed=s.seed if seed is None else seed)
+        damping = s.damping if DEFAULTS[s.optimizer][1] is not None else None
+        return model, make_optimizer(model, s.optimizer, lr=s.lr, damping=damping, param=param)
+
+    def _train_job(self, job: Job, s: Settings, params: list, requested: float) -> None:
+        """Train once per parametrization in ``params``, feeding the loss and feature figures."""
+        self.records, self.messages, self.timings = [], [], {}
+        device = self._device_name()
+        data = self._dataset(s.dataset)
+        classify = data.task == "classification"
+        first = self._model(s, data, params[0])
+        layers = [(name, role) for name, _, role in layer_roles(first[0])]
+        self._reset_train_figures(params, layers, classify)
+        loss_fig, feat_fig = self.live["loss"], self.live["feature"]
+        for k, param in enumerate(params):
+            if job.stopped:
+                break
+            model, opt = first if k == 0 else self._model(s, data, param)
+            tag = f"{LABEL[param]} " if len(params) > 1 else ""
+            rec = None
+            for rec in train(model, opt, data, steps=s.steps, batch_size=s.batch_size, seed=s.seed,
+                             eval_every=max(1, s.steps // 25), device=self.device, stop=job.stop_event):
+                self.records.append({**rec, "param": param})
+                loss_fig.add(2 * k, rec["step"], rec["loss"])
+                test = rec.get("test_accuracy" if classify else "test_loss")
+                if test is not None:
+                    loss_fig.add(2 * k + 1, rec["step"], test)
+                for j, (name, _) in enumerate(layers):
+                    feat_fig.add(k * len(layers) + j, rec["step"], rec["feature_change"].get(name, math.nan))
+                rate = rec["step"] / max(rec["seconds"], 1e-9)
+                first_point = "first_point_s" not in self.timings
+                if loss_fig.flush(force=first_point) | feat_fig.flush(force=first_point):
+                    self.timings.setdefault("first_point_s", time.monotonic() - requested)
+                    self._set_status(f"device: {device} · {tag}step {rec['step']}/{s.steps} · "
+                                     f"{rate:.1f} steps/s · loss {rec['loss']:.3g}")
+                if rec["diverged"]:
+                    self.messages.append(f"{tag}{rec['message']}")
+                if job.stopped:
+                    break
+            if rec is not None:
+                self.timings["steps_per_s"] = rec["step"] / max(rec["seconds"], 1e-9)
+            if hasattr(opt, "remove_hooks"):
+                opt.remove_hooks()
+        loss_fig.flush(force=True)
+        feat_fig.flush(force=True)
+        self._finish_train_status(job, s, device, params, classify)
+
+    def _finish_train_status(self, job, s, device, params, classify) -> None:
+        parts = [f"device: {device}"]
+        for param in params:
+            recs = [r for r in self.records if r["param"] == param]
+            if not recs:
+                continue
+            last, tag = recs[-1], (f"{LABEL[param]}: " if len(params) > 1 else "")
+            if last["diverged"]:
+                parts.append(f"{tag}{last['message']} (try a smaller learning rate)")
+            elif last["step"] < s.steps:
+                parts.append(f"{tag}stopped at step {last['step']}")
+            else:
+                metric = (f"test accuracy {last['test_accuracy']:.3f}" if classify and "test_accuracy" in last
+                          else f"test loss {last.get('test_loss', math.nan):.3g}")
+                parts.append(f"{tag}done, {s.steps} steps, loss {last['loss']:.3g}, {metric}")
+        parts.append(f"{self.timings.get('steps_per_s', 0):.1f} steps/s")
+        bad = any(r["diverged"] for r in self.records)
+        self._set_status(" · ".join(parts), "#c00" if bad else "#333")
+
+    def _reset_train_figures(self, params, layers, classify) -> None:
+        multi, loss_traces, feat_traces = len(params) > 1, [], []
+        for k, param in enumerate(params):
+            tag = f" ({LABEL[param]})" if multi else ""
+            color = PARAM_COLORS[param] if multi else COLORS[0]
+            loss_traces += [go.Scatter(x=[], y=[], mode="lines", name=f"train loss{tag}", line=dict(color=color)),
+                            go.Scatter(x=[], y=[], mode="lines+markers", name=("test accuracy" if classify else
+                                       "test loss") + tag, yaxis="y2" if classify else "y",
+                                       line=dict(color=color, dash="dot"), marker=dict(size=4))]
+            for j, (name, role) in enumerate(layers):
+                feat_traces.append(go.Scatter(x=[], y=[], mode="lines", name=f"{name} ({role}){tag}",
+                                              line=dict(color=COLORS[j % len(COLORS)],
+                                                        dash="dash" if multi and param == "sp" else "solid")))
+        self.live["loss"].reset(loss_traces)
+        self.live["feature"].reset(feat_traces)
+
+    def _width_job(self, job: Job, s: Settings, params: list, requested: float) -> None:
+        """A coordinate check at the current settings: feature change vs width, log-log."""
+        widths = self.coord_widths or [2 ** k for k in range(5, 13) if min(BASE_WIDTH, s.width) <= 2 ** k
+                                       <= max(s.width, 256)]
+        data, device = self._dataset(s.dataset), self._device_name()
+        self.width_points, self.messages = [], []
+        layers = [(name, role) for name, _, role in layer_roles(self._model(s, data, s.param, widths[0])[0])]
+        traces = []
+        for j, (name, role) in enumerate(layers):
+            color = COLORS[j % len(COLORS)]
+            traces += [go.Scatter(x=[], y=[], mode="lines+markers", name=f"{name} ({role})", line=dict(color=color)),
+                       go.Scatter(x=[], y=[], mode="lines", name="μP prediction: slope 0", legendgroup="theory",
+                                  line=dict(color=color, dash="dash"), showlegend=j == 0)]
+        title = (f"width view: {LABEL[s.param]} {dict((v, k) for k, v in OPTIMIZERS)[s.optimizer]}, "
+                 f"feature change after {self.coord_steps} steps")
+        self.live["width"].reset(traces, layout=dict(title_text=title))
+        for i, width in enumerate(widths):
+            for seed in self.coord_seeds:
+                if job.stopped:
+                    return self._set_status(f"device: {device} · width view stopped at width {width}")
+                self._set_status(f"device: {device} · width view: width {width} ({i + 1}/{len(widths)}), seed {seed}")
+                model, opt = self._model(s, data, s.param, width, seed)
+                last = None
+                for last in train(model, opt, data, steps=self.coord_steps, batch_size=s.batch_size,
+                                  seed=seed, device=self.device, stop=job.stop_event):
+                    if last["diverged"]:
+                        self.messages.append(f"width {width}: {last['message']}")
+                if hasattr(opt, "remove_hooks"):
+                    opt.remove_hooks()
+                if last is None or last["step"] < self.coord_steps:
+                    continue
+                for name, role in layers:
+                    self.width_points.append(dict(width=width, seed=seed, layer=name, role=role,
+                                                  feature_change=last["feature_change"][name]))
+            self._update_width_figure(layers)
+        self.live["width"].flush(force=True)
+        slopes = ", ".join(f"{role} {self.slopes().get(name, math.nan):+.2f}" for name, role in layers)
+        extra = f" · {'; '.join(self.messages)}" if self.messages else ""
+        self._set_status(f"device: {device} · width view done: slopes {slopes} (μP predicts 0){extra}",
+                         "#c00" if self.messages else "#333")
+
+    def slopes(self) -> dict:
+        """{layer: fitted exponent} of the last width view (slope of log feature change vs log M)."""
+        out = {}
+        for name in dict.fromkeys(p["layer"] for p in self.width_points):
+            means = self._width_means(name)
+            out[name] = fit_slope(list(means), list(means.values()))
+        return out
+
+    def _width_means(self, name: str) -> dict:
+        by_width: dict[int, list] = {}
+        for p in self.width_points:
+            if p["layer"] == name:
+                by_width.setdefault(p["width"], []).append(p["feature_change"])
+        return {w: sum(v) / len(v) for w, v in sorted(by_width.items())}
+
+    def _update_width_figure(self, layers) -> None:
+        fig, slopes = self.live["width"], self.slopes()
+        for j, (name, role) in enumerate(layers):
+            means = self._width_means(name)
+            if not means:
+                continue
+            ws, ys = list(means), list(means.values())
+            fig.set(2 * j, ws, ys)
+            fig.set(2 * j + 1, [ws[0], ws[-1]], [ys[0], ys[0]])  # slope 0 through the first point
+            slope = slopes.get(name, math.nan)
+            fig.figure.data[2 * j].name = f"{name} ({role})" + (f": slope {slope:+.2f}" if len(ws) > 1 else "")
+        fig.flush(force=True)
+

@@ -1,0 +1,297 @@
+"""Small data sets that work offline, as flat float32 tensors with standardized inputs.
+
+Built in: sklearn's ``digits``, a synthetic ``teacher`` task and ``mnist1d`` (generated
+locally). MNIST, Fashion-MNIST (IDX files) and CIFAR-10 (python pickles, read with a
+restricted unpickler) load from folders the user already has; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import random
+import struct
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TASKS = ("classification", "regression")
+
+
+@dataclass(repr=False)
+class Dataset:
+    """Train/test tensors: x float32 (n, d_in); y int64 (n,) labels or float32 (n, d_out)."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    task: str
+    d_in: int
+    d_out: int
+    image_shape: tuple | None = None
+
+    def __repr__(self) -> str:
+        image = f", image_shape={self.image_shape}" if self.image_shape else ""
+        return (f"Dataset({self.name!r}, {self.task}, train={len(self.x_train)}, test={len(self.x_test)}, "
+                f"d_in={self.d_in}, d_out={self.d_out}{image})")
+
+
+def _check_int(arg: str, value, minimum: int = 1, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{arg}: expected an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{arg}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _limits(limit, test_limit) -> tuple[int | None, int | None]:
+    return _check_int("limit", limit, optional=True), _check_int("test_limit", test_limit, optional=True)
+
+
+def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature (x - mean) / std with the training set's statistics.
+
+    A feature's std is clamped to at least 0.1 x the mean std over features, so constant
+    or nearly constant features (image borders) stay Theta(1) on the test set too.
+    """
+    xtr = torch.from_numpy(np.array(x_train, dtype=np.float32).reshape(len(x_train), -1))
+    xte = torch.from_numpy(np.array(x_test, dtype=np.float32).reshape(len(x_test), -1))
+    std, mean = torch.std_mean(xtr, dim=0, correction=0)
+    std = std.clamp_min(max(0.1 * std.mean().item(), 1e-8))
+    return (xtr - mean) / std, (xte - mean) / std
+
+
+def _classification(name, x_train, y_train, x_test, y_test, n_classes, image_shape=None) -> Dataset:
+    xtr, xte = _standardize(x_train, x_test)
+    ytr, yte = (torch.from_numpy(np.array(y, dtype=np.int64).reshape(-1)) for y in (y_train, y_test))
+    return Dataset(name, xtr, ytr, xte, yte, "classification", xtr.shape[1], n_classes, image_shape)
+
+
+# ---------------------------------------------------------------- built-in, offline
+def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """sklearn's 8x8 digits (1797 images, 10 classes), split stratified by ``seed``."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+    x, y = load_digits(return_X_y=True)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    return _classification("digits", xtr, ytr, xte, yte, 10, (1, 8, 8))
+
+
+def teacher(n_train: int = 2048, n_test: int = 512, d_in: int = 16, d_out: int = 4,
+            task: str = "classification", teacher_width: int = 64, noise: float = 0.0,
+            seed: int = 0) -> Dataset:
+    """x ~ N(0, I) through a random one-hidden-layer tanh teacher f(x) = W2 tanh(W1 x).
+
+    Regression: y = f(x) + noise * N(0, I), float32 (n, d_out). Classification: the
+    label is argmax of f(x) + noise * N(0, I), int64 (n,) with d_out classes.
+    """
+    for arg, value in [("n_train", n_train), ("n_test", n_test), ("d_in", d_in),
+                       ("d_out", d_out), ("teacher_width", teacher_width)]:
+        _check_int(arg, value)
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {', '.join(map(repr, TASKS))}, got {task!r}")
+    if task == "classification" and d_out < 2:
+        raise ValueError(f"d_out: a classification teacher needs at least 2 classes, got {d_out!r}")
+    if not noise >= 0:
+        raise ValueError(f"noise: expected a number >= 0, got {noise!r}")
+    g = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(teacher_width, d_in, generator=g) / d_in ** 0.5
+    w2 = torch.randn(d_out, teacher_width, generator=g) / teacher_width ** 0.5
+    x = torch.randn(n_train + n_test, d_in, generator=g)
+    f = torch.tanh(x @ w1.T) @ w2.T + noise * torch.randn(n_train + n_test, d_out, generator=g)
+    xtr, xte = _standardize(x[:n_train].numpy(), x[n_train:].numpy())
+    y = f.argmax(dim=1) if task == "classification" else f.float()
+    name = "teacher" if task == "classification" else "teacher_regression"
+    return Dataset(name, xtr, y[:n_train], xte, y[n_train:], task, d_in, d_out, None)
+
+
+def mnist1d(seed: int = 0, num_samples: int = 5000, train_split: float = 0.8) -> Dataset:
+    """MNIST-1D (length-40 signals, 10 classes), generated locally by the ``mnist1d`` package."""
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as e:
+        raise ImportError("mnist1d() needs the 'mnist1d' package: pip install mnist1d") from e
+    _check_int("num_samples", num_samples, minimum=10)
+    if not 0 < train_split < 1:
+        raise ValueError(f"train_split: expected a number in (0, 1), got {train_split!r}")
+    args = get_dataset_args()
+    args.seed, args.num_samples, args.train_split = seed, num_samples, train_split
+    py_state, np_state = random.getstate(), np.random.get_state()  # make_dataset reseeds both
+    try:
+        data = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return _classification("mnist1d", data["x"], data["y"], data["x_test"], data["y_test"], 10)
+
+
+# ---------------------------------------------------------------- MNIST-style IDX files
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_LAYOUT = ", ".join(IDX_FILES) + " (each plain or with .gz)"
+
+
+def _read_idx(folder: Path, stem: str, ndim: int) -> np.ndarray:
+    """Read one unsigned-byte IDX file (plain or .gz) into a uint8 array of its dims."""
+    layout = f"expected {folder} to hold {IDX_LAYOUT}"
+    path = next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"missing IDX file {folder / stem}[.gz]; {layout}")
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path}: cannot read gzip data ({e}); {layout}") from e
+    start = 4 + 4 * ndim
+    if len(raw) < start or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] != ndim:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file with {ndim} dimension(s) "
+                         f"(magic 0x{0x800 + ndim:08x}, got header {raw[:4].hex()}); {layout}")
+    dims = struct.unpack(f">{ndim}I", raw[4:start])
+    if len(raw) - start != int(np.prod(dims)):
+        raise ValueError(f"{path}: header dims {dims} need {int(np.prod(dims))} bytes of data, "
+                         f"the file holds {len(raw) - start}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims)
+
+
+def _idx_dataset(name: str, path, limit, test_limit) -> Dataset:
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{name}: no folder {folder}; expected it to hold {IDX_LAYOUT}")
+    limit, test_limit = _limits(limit, test_limit)
+    splits = []
+    for prefix, n in (("train", limit), ("t10k", test_limit)):
+        images = _read_idx(folder, f"{prefix}-images-idx3-ubyte", 3)
+        labels = _read_idx(folder, f"{prefix}-labels-idx1-ubyte", 1)
+        if len(images) != len(labels):
+            raise ValueError(f"{folder}: {prefix} has {len(images)} images but {len(labels)} labels")
+        if labels.size and labels.max() > 9:
+            raise ValueError(f"{folder}: {prefix} labels must be 0..9, found {int(labels.max())}")
+        splits += [images[:n], labels[:n]]
+    shape, test_shape = splits[0].shape[1:], splits[2].shape[1:]
+    if shape != test_shape:
+        raise ValueError(f"{folder}: train images are {shape}, test images {test_shape}")
+    return _classification(name, *splits, 10, (1, *shape))
+
+
+def mnist(path, limit: int | None = None, test_limit: int | None = None) -> Dataset:
+    """MNIST from the four IDX files in folder ``path``; optionally the first ``limit`` /
+    ``test_limit`` examples. x: (n, 784) standardized, y: int64 labels 0..9."""
+    return _idx_dataset("mnist", path, limit, test_limit)
+
+
+def fashion_mnist(path, limit: int | None = None, test_limit: int | None = None) -> Dataset:
+    """Fashion-MNIST from the four IDX files in folder ``path`` (same layout as ``mnist``)."""
+    return _idx_dataset("fashion_mnist", path, limit, test_limit)
+
+
+# ---------------------------------------------------------------- CIFAR-10 python pickles
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+_RECONSTRUCT = np.empty(0).__reduce__()[0]          # numpy's ndarray rebuilder
+_FROMBUFFER = np.arange(2).__reduce_ex__(5)[0]      # used by pickle protocol 5
+_SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle asked for a global that is not a piece of a numpy array."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the numpy globals an ndarray needs, and nothing else."""
+
+    def __init__(self, file, source: str = "pickle"):
+        super().__init__(file, encoding="bytes")
+        self.source = source
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self.source}: refusing to load global {module}.{name}; only numpy array "
+                "pieces (ndarray, dtype, _reconstruct, _frombuffer) are allowed") from None
+
+
+def _read_cifar_batch(path: Path, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """(data uint8 (n, 3072), labels int64 (n,)) of one pickled batch dict."""
+    try:
+        with open(path, "rb") as f:
+            batch = RestrictedUnpickler(f, source=str(path)).load()
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a readable CIFAR-10 batch ({e}); {layout}") from e
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path}: expected a dict with b'data' and b'labels', got {type(batch).__name__}")
+    data, labels = (batch.get(key, batch.get(key.decode())) for key in (b"data", b"labels"))  # bytes or str keys
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,) \
+            or labels is None:
+        raise ValueError(f"{path}: expected b'data' uint8 (n, 3072) and b'labels'; {layout}")
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(labels) != len(data) or not np.all((labels >= 0) & (labels <= 9)):
+        raise ValueError(f"{path}: expected {len(data)} labels in 0..9, got {len(labels)} "
+                         f"with values {sorted(set(labels.tolist()))[:12]}")
+    return data, labels
+
+
+def cifar10(path, limit: int | None = None, test_limit: int | None = None) -> Dataset:
+    """CIFAR-10 from the python-version folder ``path``; optionally the first ``limit`` /
+    ``test_limit`` examples. x: (n, 3072) standardized (channel-major 3x32x32), y: int64 0..9."""
+    folder = Path(path).expanduser()
+    if (folder / "cifar-10-batches-py").is_dir():
+        folder = folder / "cifar-10-batches-py"
+    layout = f"expected {folder} (or a cifar-10-batches-py folder in it) to hold " + ", ".join(CIFAR_FILES)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cifar10: no folder {folder}; {layout}")
+    missing = [name for name in CIFAR_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"cifar10: missing {', '.join(missing)} in {folder}; {layout}")
+    limit, test_limit = _limits(limit, test_limit)
+    xs, ys = [], []
+    for name in CIFAR_FILES[:-1]:
+        if limit is not None and sum(map(len, ys)) >= limit:
+            break
+        x, y = _read_cifar_batch(folder / name, layout)
+        xs, ys = xs + [x], ys + [y]
+    x_test, y_test = _read_cifar_batch(folder / "test_batch", layout)
+    x_train, y_train = np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
+    return _classification("cifar10", x_train, y_train, x_test[:test_limit], y_test[:test_limit],
+                           10, (3, 32, 32))
+
+
+# ---------------------------------------------------------------- by name
+_LOADERS = {
+    "digits": digits,
+    "teacher": teacher,
+    "teacher_regression": partial(teacher, task="regression"),
+    "mnist1d": mnist1d,
+    "mnist": mnist,
+    "fashion_mnist": fashion_mnist,
+    "cifar10": cifar10,
+}
+
+
+def available() -> list[str]:
+    """Names ``load`` accepts (mnist, fashion_mnist and cifar10 need a ``path``)."""
+    return list(_LOADERS)
+
+
+def load(name: str, **kwargs) -> Dataset:
+    """The Dataset called ``name`` (see ``available()``), built with ``kwargs``."""
+    if name not in _LOADERS:
+        raise ValueError(f"name: expected one of {', '.join(map(repr, _LOADERS))}, got {name!r}")
+    return _LOADERS[name](**kwargs)

@@ -1,0 +1,156 @@
+"""Width-parametrized models whose weight layers know their role (input, hidden, output).
+
+A role is stored on each weight layer as ``module.mup_role``; the model's width and base
+width as ``model.mup_width`` and ``model.mup_base_width``. ``MLP`` and ``CNN`` set these
+themselves and initialize from the scaling table; ``tag_roles`` does it for a user's own
+model (first weight layer: input, last: output, the others: hidden).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .scaling import OPTIMIZERS, check_choice, check_positive, layer_scales
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
+
+
+def tag_roles(model: nn.Module, width: int, base_width: int | None = None) -> nn.Module:
+    """Tag the weight layers (nn.Linear, nn.Conv2d) of ``model`` in registration order.
+
+    First layer: "input", last: "output", others: "hidden". ``width`` is the model's
+    width M (hidden units or channels); ``base_width`` M0 defaults to ``width``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    check_positive("width", width, integer=True)
+    base_width = width if base_width is None else base_width
+    check_positive("base_width", base_width, integer=True)
+    layers = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
+    if len(layers) < 2:
+        raise ValueError(f"model: expected at least 2 weight layers (nn.Linear or nn.Conv2d) to tag, "
+                         f"found {len(layers)}")
+    for i, m in enumerate(layers):
+        m.mup_role = "input" if i == 0 else ("output" if i == len(layers) - 1 else "hidden")
+    model.mup_width, model.mup_base_width = int(width), int(base_width)
+    return model
+
+
+def layer_roles(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(name, module, role) for every role-tagged weight layer, in registration order."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module with layer roles, got {type(model).__name__}")
+    out = [(n, m, m.mup_role) for n, m in model.named_modules() if hasattr(m, "mup_role")]
+    if not out:
+        raise ValueError("model: expected weight layers tagged with roles (input/hidden/output), "
+                         f"got a {type(model).__name__} without any; call ml.tag_roles(model, width=...) "
+                         "or build it with ml.MLP / ml.CNN")
+    return out
+
+
+def model_widths(model, width=None, base_width=None) -> tuple[int, int]:
+    """The (width, base_width) pair: the arguments if given, else the model's own tags."""
+    width = width if width is not None else getattr(model, "mup_width", None)
+    base_width = base_width if base_width is not None else getattr(model, "mup_base_width", width)
+    if width is None:
+        raise ValueError("width: expected the model's width, got None (tag the model with "
+                         "ml.tag_roles(model, width=...) or pass width=...)")
+    check_positive("width", width, integer=True)
+    check_positive("base_width", base_width, integer=True)
+    return int(width), int(base_width)
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, param: str = "mup", optimizer: str = "sgd", sigma: float = 1.0,
+                 zero_readout: bool = False, generator: torch.Generator | None = None) -> nn.Module:
+    """Draw every tagged weight from N(0, std^2) with std from the scaling table; biases = 0.
+
+    ``zero_readout`` sets the output layer to zero (b_L -> infinity; notebook 02 shows why
+    K-FAC then learns through the last layer only).
+    """
+    scales = {s.name: s for s in layer_scales(model, param, optimizer, sigma=sigma)}
+    for name, module, role in layer_roles(model):
+        std = 0.0 if (zero_readout and role == "output") else scales[name].init_std
+        module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+        if module.bias is not None:
+            module.bias.zero_()
+    return model
+
+
+def _check_common(width, base_width, depth, param, optimizer, activation, d_in, d_out):
+    check_positive("width", width, integer=True)
+    check_positive("base_width", base_width, integer=True)
+    check_positive("d_in", d_in, integer=True)
+    check_positive("d_out", d_out, integer=True)
+    if isinstance(depth, bool) or not isinstance(depth, int):
+        raise TypeError(f"depth: expected an integer >= 2 (number of weight layers), got {depth!r}")
+    if depth < 2:
+        raise ValueError(f"depth: expected an integer >= 2 (number of weight layers), got {depth}")
+    check_choice("param", param, ("sp", "mup"))
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("activation", activation, tuple(ACTIVATIONS))
+
+
+class MLP(nn.Module):
+    """``depth`` weight layers: d_in -> width -> ... -> width -> d_out, with roles.
+
+    h_1 = W_1 x,  h_l = W_l phi(h_{l-1}),  f = h_L.  Initialized from the scaling table for
+    (param, optimizer) at ``width`` relative to ``base_width`` (default: width, i.e. SP = muP).
+    """
+
+    def __init__(self, d_in: int, d_out: int, width: int, depth: int = 3, base_width: int | None = None,
+                 param: str = "mup", optimizer: str = "sgd", activation: str = "tanh", bias: bool = False,
+                 sigma: float = 1.0, zero_readout: bool = False, seed: int | None = 0):
+        super().__init__()
+        base_width = width if base_width is None else base_width
+        _check_common(width, base_width, depth, param, optimizer, activation, d_in, d_out)
+        self.param, self.optimizer = check_choice("param", param, ("sp", "mup")), optimizer.lower()
+        sizes = [d_in] + [width] * (depth - 1) + [d_out]
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.act = ACTIVATIONS[activation.lower()]()
+        tag_roles(self, width, base_width)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        init_weights(self, param, optimizer, sigma, zero_readout, gen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for i, layer in enumerate(self.layers):
+            x = layer(x if i == 0 else self.act(x))
+        return x
+
+
+class CNN(nn.Module):
+    """A small CNN whose width is its channel count: conv (input) -> convs (hidden) ->
+    global average pool -> linear readout (output).
+
+    Flat inputs are reshaped to ``image_shape`` = (channels, height, width).
+    """
+
+    def __init__(self, image_shape: tuple = (1, 8, 8), d_out: int = 10, width: int = 32, depth: int = 3,
+                 base_width: int | None = None, param: str = "mup", optimizer: str = "sgd",
+                 activation: str = "relu", bias: bool = False, kernel_size: int = 3, sigma: float = 1.0,
+                 zero_readout: bool = False, seed: int | None = 0):
+        super().__init__()
+        base_width = width if base_width is None else base_width
+        if not (isinstance(image_shape, (tuple, list)) and len(image_shape) == 3):
+            raise ValueError(f"image_shape: expected (channels, height, width), got {image_shape!r}")
+        _check_common(width, base_width, depth, param, optimizer, activation, image_shape[0], d_out)
+        check_positive("kernel_size", kernel_size, integer=True)
+        self.param, self.optimizer = param.lower(), optimizer.lower()
+        self.image_shape = tuple(int(s) for s in image_shape)
+        chans = [self.image_shape[0]] + [width] * (depth - 1)
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, kernel_size, padding=kernel_size // 2, bias=bias)
+                                   for a, b in zip(chans[:-1], chans[1:]))
+        self.readout = nn.Linear(width, d_out, bias=bias)
+        self.act = ACTIVATIONS[activation.lower()]()
+        tag_roles(self, width, base_width)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        init_weights(self, param, optimizer, sigma, zero_readout, gen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.view(x.shape[0], *self.image_shape)
+        for i, conv in enumerate(self.convs):
+            x = conv(x if i == 0 else self.act(x))
+        return self.readout(self.act(x).mean(dim=(2, 3)))

@@ -1,0 +1,92 @@
+"""make_optimizer: read the scaling table and return a configured optimizer.
+
+The optimizers themselves know nothing about width; this function turns one base lr and
+one base damping, tuned at the base width M0, into per-layer param groups at width M.
+muP-SGD and muP-Adam are plain ``torch.optim.SGD`` / ``torch.optim.Adam`` with these groups.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models import layer_roles, model_widths
+from ..scaling import OPTIMIZERS, PARAMS, check_choice, check_positive, layer_scales
+from .kfac import KFAC
+from .shampoo import Shampoo
+
+DEFAULT_DAMPING = {"kfac": 0.1, "foof": 0.01, "shampoo": 1e-4}
+KFAC_DAMPING = ("table", "fixed", "pi", "trace")
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float, damping: float | None = None,
+                   param: str | None = None, base_width: int | None = None, **options):
+    """An optimizer for ``model`` with per-layer lr (and damping) from the scaling table.
+
+    Args:
+        model: a role-tagged model (``ml.MLP``, ``ml.CNN`` or ``ml.tag_roles``).
+        name: "sgd", "adam", "kfac", "shampoo" or "foof".
+        lr: the base learning rate (the one tuned at the base width).
+        damping: K-FAC/FOOF rho or Shampoo eps at the base width (ignored by sgd and adam).
+        param: "sp" or "mup" (default: the model's own, else "mup").
+        base_width: M0 (default: the model's).
+        options: passed to the optimizer. For K-FAC and FOOF, ``damping_mode`` is one of
+            "table" (default: rho_A, rho_B scaled per layer by the table), "fixed" (rho at
+            every width, the unscaled baseline), "pi" or "trace". For Shampoo, ``eps_mode``
+            "absolute" (eps scaled by the table under muP) or "relative" (constant eps);
+            with ``grafting`` the lr follows the grafted optimizer's row of the table.
+    """
+    name = check_choice("name", name, OPTIMIZERS)
+    check_positive("lr", lr)
+    if damping is None:
+        damping = DEFAULT_DAMPING.get(name, 0.0)
+    check_positive("damping", damping, allow_zero=True)
+    param = check_choice("param", param if param is not None else getattr(model, "param", "mup"), PARAMS)
+    layers = layer_roles(model)  # raises a clear error for a model without roles
+    width, base_width = model_widths(model, None, base_width)
+    root = options.get("root", 0.25)
+    lr_rule = name
+    if name == "shampoo" and options.get("grafting"):
+        lr_rule = check_choice("grafting", options["grafting"], ("sgd", "adam"))
+    scales = layer_scales(model, param, lr_rule, lr=lr, damping=damping, width=width,
+                          base_width=base_width, root=root)
+    damp = {s.name: s for s in layer_scales(model, param, name, lr=lr, damping=damping,
+                                            width=width, base_width=base_width, root=root)}
+    taken = {id(p) for _, m, _ in layers for p in m.parameters(recurse=False)}
+    rest = [p for p in model.parameters() if id(p) not in taken and p.requires_grad]
+
+    if name in ("sgd", "adam"):
+        groups = []
+        for s, (_, m, _) in zip(scales, layers):
+            groups.append({"params": [m.weight], "lr": s.lr, "layer": s.name})
+            if m.bias is not None:
+                groups.append({"params": [m.bias], "lr": s.bias_lr, "layer": s.name + ".bias"})
+        if rest:
+            groups.append({"params": rest, "lr": lr, "layer": None})
+        cls = torch.optim.SGD if name == "sgd" else torch.optim.Adam
+        return cls(groups, lr=lr, **options)
+
+    if name in ("kfac", "foof"):
+        mode = check_choice("damping_mode", options.pop("damping_mode", "table"), KFAC_DAMPING)
+        groups = []
+        for s, (_, m, _) in zip(scales, layers):
+            g = {"params": [p for p in (m.weight, m.bias) if p is not None], "lr": s.lr, "layer": s.name}
+            if mode == "table":
+                g["damping_a"], g["damping_b"] = damp[s.name].damping_a, damp[s.name].damping_b
+            groups.append(g)
+        if rest:
+            groups.append({"params": rest, "lr": lr, "layer": None})
+        if name == "foof":
+            options["foof"] = True
+        return KFAC(model, lr=lr, damping=damping, damping_mode="fixed" if mode == "table" else mode,
+                    params=groups, **options)
+
+    eps_mode = check_choice("eps_mode", options.get("eps_mode", "absolute"), ("absolute", "relative"))
+    groups = []
+    for s, (_, m, _) in zip(scales, layers):
+        eps = damp[s.name].damping_a if eps_mode == "absolute" else damping
+        groups.append({"params": [p for p in (m.weight, m.bias) if p is not None], "lr": s.lr,
+                       "eps": eps, "layer": s.name})
+    if rest:
+        groups.append({"params": rest, "lr": lr, "eps": damping, "layer": None})
+    options.setdefault("model", model)
+    return Shampoo(groups, lr=lr, eps=damping, **options)

@@ -1,0 +1,115 @@
+"""Capture each layer's inputs and output gradients with module and tensor hooks.
+
+For a weight layer we keep, from the last forward/backward with gradients enabled:
+
+    x     (R x in)   the layer inputs, one row per example (and per spatial location for a
+                     Conv2d: the unfolded patches), with a trailing 1 when the layer has a bias;
+    gout  (R x out)  the gradient of the *mean* batch loss w.r.t. the layer output rows.
+
+so the weight gradient (bias as the last column) is exactly G = gout^T x. The per-example
+gradient of each example's own loss is delta = N * gout (N = batch size), which is what
+K-FAC's factor B = E[delta delta^T] needs.
+
+A layer used twice in one forward pass (weight sharing) would make these factors silently
+wrong: when one backward pass reaches the same layer twice, ``ready`` raises an error.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerCapture:
+    """Hooks on ``layers`` (dict name -> nn.Linear / nn.Conv2d) of ``model``.
+
+    Every grad-enabled call of a layer is recorded since the last root-model forward (or
+    ``clear``); the tensor hook on its output fills in that call's output gradient.
+    """
+
+    def __init__(self, model: nn.Module, layers: dict):
+        self.layers = layers
+        self.calls: dict = {name: [] for name in layers}
+        self.enabled = True
+        self.grad_target = "gout"  # where tensor hooks store: "gout" or "ignore"
+        self._handles = [model.register_forward_pre_hook(lambda m, i: self.clear())]
+        for name, module in layers.items():
+            if isinstance(module, nn.Conv2d) and module.groups != 1:
+                raise ValueError(f"model: layer {name!r} is a grouped Conv2d (groups={module.groups}); "
+                                 "K-FAC/Shampoo capture supports groups=1 only")
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name):
+        def forward_hook(module, inputs, output):
+            if not (self.enabled and torch.is_grad_enabled() and output.requires_grad):
+                return
+            x = inputs[0].detach()
+            call = {"x": layer_inputs(module, x), "n": x.shape[0], "out": output, "gout": None}
+            self.calls[name].append(call)
+
+            def grad_hook(g, call=call):
+                if self.grad_target == "gout":
+                    call["gout"] = output_rows(module, g.detach())
+            output.register_hook(grad_hook)
+        return forward_hook
+
+    def _backpropagated(self, name: str) -> dict | None:
+        done = [c for c in self.calls[name] if c["gout"] is not None]
+        if len(done) > 1:
+            raise RuntimeError(f"layer {name!r} was called twice in one forward pass; K-FAC and "
+                               "Shampoo factors assume each weight layer is used once")
+        return done[0] if done else None
+
+    def ready(self, name: str) -> bool:
+        """True when the layer's inputs and output gradient of one forward/backward are here."""
+        return self._backpropagated(name) is not None
+
+    def x(self, name: str) -> torch.Tensor:
+        return self._backpropagated(name)["x"]
+
+    def gout(self, name: str) -> torch.Tensor:
+        return self._backpropagated(name)["gout"]
+
+    def batch_size(self, name: str) -> int:
+        return self._backpropagated(name)["n"]
+
+    def outputs(self) -> dict:
+        """The layer outputs of the last forward (still attached to the graph)."""
+        return {name: calls[-1]["out"] for name, calls in self.calls.items() if calls}
+
+    def clear(self):
+        self.calls = {name: [] for name in self.layers}
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+
+
+def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Rows of layer inputs: x for Linear (leading dims flattened), unfolded patches for Conv2d;
+    a column of ones appended when the layer has a bias (the homogeneous coordinate)."""
+    if isinstance(module, nn.Conv2d):
+        x = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+        x = x.transpose(1, 2).reshape(-1, x.shape[1])
+    else:
+        x = x.reshape(-1, x.shape[-1])
+    if module.bias is not None:
+        x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+    return x
+
+
+def output_rows(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    """Rows of output gradients matching ``layer_inputs``: (N*H'*W') x out for Conv2d."""
+    if isinstance(module, nn.Conv2d):
+        return g.flatten(2).transpose(1, 2).reshape(-1, g.shape[1])
+    return g.reshape(-1, g.shape[-1])
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The layer's weight gradient as out x in, the bias gradient appended as the last column."""
+    w = module.weight.grad.reshape(module.weight.shape[0], -1)
+    if module.bias is not None:
+        b = module.bias.grad
+        b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if b is None else b
+        w = torch.cat([w, b.reshape(-1, 1)], dim=1)
+    return w

@@ -1,0 +1,251 @@
+"""K-FAC (Martens & Grosse 2015; Grosse & Martens 2016 for convolutions) and FOOF.
+
+For each weight layer (bias as a homogeneous coordinate: x gets a trailing 1),
+
+    A = E[x x^T]            over examples (and spatial locations, for Conv2d)
+    B = E[delta delta^T]    over examples; delta = d(example's own loss)/d(layer output),
+                            summed over spatial locations for Conv2d
+    G = E[delta x^T]        = the gradient of the mean loss (what .grad holds)
+
+    update  W <- W - lr * (B + rho_B I)^-1 G (A + rho_A I)^-1          (K-FAC)
+            W <- W - lr * G (A + rho_A I)^-1                            (FOOF, ``foof=True``)
+
+Factors are exponential moving averages with the usual convention
+F <- decay * F + (1 - decay) * F_batch (``ema_decay`` = 0 keeps only the current batch);
+on the first update F is exactly the current batch's. Factors are refreshed every
+``factor_interval`` steps, inverses every ``inverse_interval`` steps and cached between.
+
+Damping (``damping_mode``):
+  "fixed"  rho_A = damping_a, rho_B = damping_b (each defaults to ``damping``). This is how
+           ``make_optimizer`` applies the muP table: it scales these per layer and width.
+  "pi"     Martens & Grosse's factored Tikhonov: rho_A = sqrt(rho) pi, rho_B = sqrt(rho) / pi,
+           pi^2 = (tr A / dim A) / (tr B / dim B). Right for hidden layers, mis-scaled for
+           the input and output layers under muP (Ishikawa & Karakida 2024).
+  "trace"  rho_A = rho tr(A), rho_B = rho tr(B): each damping follows its factor's own scale,
+           which meets the muP table in every layer, so one rho transfers across widths.
+
+``fisher="empirical"`` uses the training labels' gradients; ``fisher="mc"`` samples labels
+from the model (call ``opt.sample_fisher(outputs)`` between the forward and backward pass;
+``ml.train`` does). Parameters outside role-tagged layers get plain SGD (with momentum).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..losses import LOSSES, loss_function, sample_targets
+from ..models import layer_roles
+from ..scaling import check_choice, check_positive
+from .capture import LayerCapture, output_rows, weight_matrix
+from .linalg import damped_inverse, matches_batch, precondition
+
+DAMPING_MODES = ("fixed", "pi", "trace")
+
+
+class KFAC(torch.optim.Optimizer):
+    """K-FAC for the role-tagged nn.Linear and nn.Conv2d layers of ``model``.
+
+    Args:
+        model: a model whose weight layers carry roles (``ml.MLP``, ``ml.CNN``, ``ml.tag_roles``).
+        lr: learning rate (one for all layers under muP).
+        damping: rho, the base damping (used by every mode).
+        damping_a, damping_b: rho_A and rho_B for ``damping_mode="fixed"`` (default: damping).
+        damping_mode: "fixed", "pi" or "trace" (see the module docstring).
+        fisher: "empirical" or "mc".
+        loss: "cross_entropy" or "mse", the loss the MC Fisher samples from.
+        ema_decay: factor EMA decay in [0, 1).
+        factor_interval, inverse_interval: refresh factors / inverses every this many steps.
+        foof: precondition the input side only (B = I).
+        momentum, weight_decay: heavy-ball momentum on the update; decoupled weight decay.
+        params: optional param groups, each a dict with "params" and "layer" (the layer's
+            name, or None for parameters updated by SGD); ``make_optimizer`` builds these.
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 0.1, damping: float = 0.1, damping_a: float | None = None,
+                 damping_b: float | None = None, damping_mode: str = "fixed", fisher: str = "empirical",
+                 loss: str = "cross_entropy", ema_decay: float = 0.95, factor_interval: int = 1,
+                 inverse_interval: int = 10, foof: bool = False, momentum: float = 0.0,
+                 weight_decay: float = 0.0, params=None):
+        check_positive("lr", lr)
+        check_positive("damping", damping, allow_zero=True)
+        for arg, v in (("damping_a", damping_a), ("damping_b", damping_b)):
+            if v is not None:
+                check_positive(arg, v, allow_zero=True)
+        self.damping_mode = check_choice("damping_mode", damping_mode, DAMPING_MODES)
+        self.fisher = check_choice("fisher", fisher, ("empirical", "mc"))
+        if loss not in LOSSES:
+            raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+        self.loss = loss
+        if not (isinstance(ema_decay, (int, float)) and 0.0 <= ema_decay < 1.0):
+            raise ValueError(f"ema_decay: expected a number in [0, 1), got {ema_decay!r}")
+        check_positive("factor_interval", factor_interval, integer=True)
+        check_positive("inverse_interval", inverse_interval, integer=True)
+        check_positive("momentum", momentum, allow_zero=True)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
+        self.ema_decay, self.foof = float(ema_decay), bool(foof)
+        self.factor_interval, self.inverse_interval = factor_interval, inverse_interval
+
+        self.modules_by_name = {name: m for name, m, _ in layer_roles(model)}
+        if params is None:
+            params = default_groups(model, self.modules_by_name)
+        defaults = dict(lr=lr, damping=damping, damping_a=damping_a, damping_b=damping_b,
+                        momentum=momentum, weight_decay=weight_decay, layer=None)
+        super().__init__(params, defaults)
+        for g in self.param_groups:
+            if g["layer"] is not None and g["layer"] not in self.modules_by_name:
+                raise ValueError(f"params: group names layer {g['layer']!r}, which is not a role-tagged "
+                                 f"layer of the model (layers: {list(self.modules_by_name)})")
+            check_positive("lr", g["lr"])
+        self.capture = LayerCapture(model, self.modules_by_name)
+        self._fisher_gout: dict = {}
+        self._steps = 0
+
+    # ------------------------------------------------------------------ Fisher sampling
+    def sample_fisher(self, outputs: torch.Tensor) -> None:
+        """For ``fisher="mc"``: back-propagate a loss on labels sampled from the model,
+        keeping the graph, and store those output gradients for B. No-op otherwise."""
+        if self.fisher != "mc" or self._steps % self.factor_interval != 0:
+            return
+        names = [n for n in self.modules_by_name if n in self.capture.outputs()]
+        targets = sample_targets(outputs, self.loss)
+        sampled = loss_function(self.loss)(outputs, targets)
+        self.capture.grad_target = "ignore"
+        try:
+            grads = torch.autograd.grad(sampled, [self.capture.outputs()[n] for n in names],
+                                        retain_graph=True, allow_unused=True)
+        finally:
+            self.capture.grad_target = "gout"
+        self._fisher_gout = {n: output_rows(self.modules_by_name[n], g.detach())
+                             for n, g in zip(names, grads) if g is not None}
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["layer"] is None:
+                self._sgd_step(group)
+            else:
+                self._layer_step(group)
+        self._steps += 1
+        self.capture.clear()
+        self._fisher_gout = {}
+        return loss
+
+    def _layer_step(self, group):
+        name = group["layer"]
+        module = self.modules_by_name[name]
+        if module.weight.grad is None:
+            return
+        st = self.state[module.weight]
+        k = st.get("step", 0)
+        grad = weight_matrix(module)
+        captured = self.capture.ready(name)
+        if k % self.factor_interval == 0:
+            if not captured:
+                raise RuntimeError(f"K-FAC: no captured inputs/output gradients for layer {name!r}; run "
+                                   "the forward and backward pass with gradients enabled before step()")
+            self._update_factors(name, st)
+        if k % self.inverse_interval == 0 or "A_inv" not in st:
+            self._update_inverses(group, st)
+        x, gout = (self.capture.x(name), self.capture.gout(name)) if captured else (None, None)
+        lowrank = captured and matches_batch(grad, gout, x)
+        update = precondition(None if self.foof else st["B_inv"], grad, st["A_inv"],
+                              gout if lowrank else None, x if lowrank else None)
+        if group["momentum"]:
+            buf = st.setdefault("momentum_buffer", torch.zeros_like(update))
+            update = buf.mul_(group["momentum"]).add_(update)
+        self._apply(module, update, group)
+        st["step"] = k + 1
+
+    def _update_factors(self, name, st):
+        x = self.capture.x(name)
+        n = self.capture.batch_size(name)
+        delta = self._fisher_gout.get(name, self.capture.gout(name)) if self.fisher == "mc" \
+            else self.capture.gout(name)
+        a_new = x.T @ x / x.shape[0]
+        b_new = None if self.foof else n * (delta.T @ delta)   # (1/N) sum_i (N g_i)(N g_i)^T
+        if "A" not in st:
+            st["A"], st["B"] = a_new, b_new
+            return
+        d = self.ema_decay
+        st["A"].mul_(d).add_(a_new, alpha=1 - d)
+        if b_new is not None:
+            st["B"].mul_(d).add_(b_new, alpha=1 - d)
+
+    def damping_for(self, group, st) -> tuple[float, float]:
+        """(rho_A, rho_B) this layer uses, per ``damping_mode``."""
+        rho = group["damping"]
+        if self.damping_mode == "fixed":
+            ra = rho if group["damping_a"] is None else group["damping_a"]
+            rb = rho if group["damping_b"] is None else group["damping_b"]
+            return float(ra), float(rb)
+        tr_a = float(torch.trace(st["A"]))
+        tr_b = float(torch.trace(st["B"])) if st.get("B") is not None else 0.0
+        if self.damping_mode == "trace":
+            return rho * tr_a, rho * tr_b
+        if tr_a <= 0 or tr_b <= 0:  # pi undefined: split the damping evenly
+            return math.sqrt(rho), math.sqrt(rho)
+        pi = math.sqrt((tr_a / st["A"].shape[0]) / (tr_b / st["B"].shape[0]))
+        return math.sqrt(rho) * pi, math.sqrt(rho) / pi
+
+    def _update_inverses(self, group, st):
+        rho_a, rho_b = self.damping_for(group, st)
+        st["rho_a"], st["rho_b"] = rho_a, rho_b
+        st["A_inv"] = damped_inverse(st["A"], rho_a)
+        st["B_inv"] = None if self.foof else damped_inverse(st["B"], rho_b)
+
+    @staticmethod
+    def _apply(module, update, group):
+        w = module.weight
+        if group["weight_decay"]:
+            w.mul_(1 - group["lr"] * group["weight_decay"])
+        w_update = update[:, : w[0].numel()] if module.bias is not None else update
+        w.add_(w_update.reshape(w.shape).to(w.dtype), alpha=-group["lr"])
+        if module.bias is not None:
+            module.bias.add_(update[:, -1].to(module.bias.dtype), alpha=-group["lr"])
+
+    def _sgd_step(self, group):
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            d = p.grad
+            if group["weight_decay"]:
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+            if group["momentum"]:
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(d))
+                d = buf.mul_(group["momentum"]).add_(d)
+            p.add_(d, alpha=-group["lr"])
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["kfac_steps"] = self._steps
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        self._steps = state_dict.pop("kfac_steps", 0)
+        super().load_state_dict(state_dict)
+
+    def remove_hooks(self):
+        """Detach the capture hooks from the model (the optimizer cannot step afterwards)."""
+        self.capture.remove()
+
+
+def default_groups(model: nn.Module, modules_by_name: dict) -> list[dict]:
+    """One group per role-tagged layer (its weight and bias), plus one for all other parameters."""
+    groups, taken = [], set()
+    for name, m in modules_by_name.items():
+        ps = [m.weight] + ([m.bias] if m.bias is not None else [])
+        taken.update(id(p) for p in ps)
+        groups.append({"params": ps, "layer": name})
+    rest = [p for p in model.parameters() if id(p) not in taken and p.requires_grad]
+    if rest:
+        groups.append({"params": rest, "layer": None})
+    return groups

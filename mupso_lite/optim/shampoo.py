@@ -1,0 +1,158 @@
+"""Shampoo (Gupta, Koren & Singer 2018) with the inverse root as a parameter.
+
+For a weight matrix with gradient G (out x in; a Conv2d weight is reshaped to
+out x (in k k)) the statistics are running sums from zero,
+
+    L <- L + G G^T,    R <- R + G^T G        (or an EMA: L <- beta L + (1 - beta) G G^T)
+
+and the update is
+
+    W <- W - lr * (L + eps_L I)^-e  G  (R + eps_R I)^-e,      e = ``root`` (1/4 by default).
+
+``eps_mode="absolute"``: eps_L = eps_R = eps (``make_optimizer`` scales it with width as the
+muP table says: eps ~ |x|^2 |delta|^2). ``eps_mode="relative"``: eps_L = eps lambda_max(L),
+eps_R = eps lambda_max(R), which already follows the factor scale (muP with a constant eps).
+The ridge is added to a copy when the root is computed: it never accumulates into L or R.
+Roots are recomputed every ``update_interval`` steps and cached.
+
+Biases and other 1-D tensors are treated as an n x 1 matrix with a *diagonal* left
+statistic: l <- l + g^2, r <- r + |g|^2, update g / ((l + eps)^e (r + eps)^e).
+
+``grafting="sgd"`` or ``"adam"`` rescales each layer's update to the norm of the SGD or Adam
+(beta1 = 0, beta2 = ``graft_beta2``) update, so the lr follows that optimizer's scaling.
+
+Passing ``model=`` (a role-tagged model) lets Shampoo reuse the batch: with G = gout^T x,
+G G^T = gout^T (x x^T) gout and the preconditioning is (L^-e gout^T)(x R^-e): cheaper when
+the batch is smaller than the width. Results equal the dense path.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models import layer_roles
+from ..scaling import check_choice, check_positive
+from .capture import LayerCapture
+from .linalg import inverse_root, matches_batch, precondition
+
+
+class Shampoo(torch.optim.Optimizer):
+    """Shampoo over ``params`` (tensors or param-group dicts).
+
+    Args:
+        lr: learning rate.  eps: the ridge (see ``eps_mode``).  root: the inverse-root exponent e.
+        eps_mode: "absolute" or "relative" (to each statistic's largest eigenvalue).
+        update_interval: recompute the inverse roots every this many steps.
+        beta: None for running sums (Gupta et al.), or an EMA decay in [0, 1).
+        grafting: None, "sgd" or "adam".  momentum, weight_decay: heavy-ball; decoupled decay.
+        model: optional role-tagged model whose layer inputs and output gradients are
+            captured to take the cheaper low-rank path (same result).
+    """
+
+    def __init__(self, params, lr: float = 1e-2, eps: float = 1e-4, root: float = 0.25,
+                 eps_mode: str = "absolute", update_interval: int = 10, beta: float | None = None,
+                 grafting: str | None = None, graft_beta2: float = 0.999, momentum: float = 0.0,
+                 weight_decay: float = 0.0, model: nn.Module | None = None):
+        check_positive("lr", lr)
+        check_positive("eps", eps, allow_zero=True)
+        check_positive("root", root)
+        if root > 1:
+            raise ValueError(f"root: expected an exponent in (0, 1], got {root!r}")
+        self.eps_mode = check_choice("eps_mode", eps_mode, ("absolute", "relative"))
+        check_positive("update_interval", update_interval, integer=True)
+        if beta is not None and not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
+            raise ValueError(f"beta: expected None (running sums) or a number in [0, 1), got {beta!r}")
+        if grafting is not None:
+            grafting = check_choice("grafting", grafting, ("sgd", "adam"))
+        check_positive("momentum", momentum, allow_zero=True)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
+        defaults = dict(lr=lr, eps=eps, momentum=momentum, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        self.root, self.update_interval, self.beta = float(root), update_interval, beta
+        self.grafting, self.graft_beta2 = grafting, graft_beta2
+        self.capture, self._layer_of = None, {}
+        if model is not None:
+            layers = {name: m for name, m, _ in layer_roles(model)}
+            self._layer_of = {id(m.weight): (name, m) for name, m in layers.items()}
+            self.capture = LayerCapture(model, layers)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                k = st.get("step", 0)
+                grad = p.grad.reshape(p.shape[0], -1) if p.dim() > 1 else p.grad
+                if p.dim() > 1:
+                    update = self._matrix_update(p, grad, st, k, group["eps"])
+                else:
+                    update = self._vector_update(grad, st, group["eps"])
+                if self.grafting:
+                    update = update * (self._graft_norm(grad, st, k) /
+                                       torch.linalg.vector_norm(update).clamp_min(1e-30))
+                if group["momentum"]:
+                    buf = st.setdefault("momentum_buffer", torch.zeros_like(update))
+                    update = buf.mul_(group["momentum"]).add_(update)
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update.reshape(p.shape).to(p.dtype), alpha=-group["lr"])
+                st["step"] = k + 1
+        if self.capture is not None:
+            self.capture.clear()
+        return loss
+
+    def _matrix_update(self, p, grad, st, k, eps):
+        x = gout = None
+        if id(p) in self._layer_of and self.capture.ready(self._layer_of[id(p)][0]):
+            name, module = self._layer_of[id(p)]
+            xs = self.capture.x(name)[:, :-1] if module.bias is not None else self.capture.x(name)
+            if matches_batch(grad, self.capture.gout(name), xs):   # the bias is a separate tensor here
+                x, gout = xs, self.capture.gout(name)
+        if x is not None and x.shape[0] < min(grad.shape):
+            xx, gg = x @ x.T, gout @ gout.T                    # R x R Gram matrices of the batch
+            left, right = gout.T @ xx @ gout, x.T @ gg @ x     # = G G^T, G^T G
+        else:
+            left, right = grad @ grad.T, grad.T @ grad
+        self._accumulate(st, "L", left)
+        self._accumulate(st, "R", right)
+        if k % self.update_interval == 0 or "L_root" not in st:
+            relative = self.eps_mode == "relative"
+            st["L_root"] = inverse_root(st["L"], self.root, eps, relative)
+            st["R_root"] = inverse_root(st["R"], self.root, eps, relative)
+        return precondition(st["L_root"], grad, st["R_root"], gout, x)
+
+    def _vector_update(self, grad, st, eps):
+        self._accumulate(st, "L", grad * grad)
+        self._accumulate(st, "R", (grad * grad).sum())
+        lam = st["L"].max() if self.eps_mode == "relative" else 1.0
+        eps_l, eps_r = eps * lam, eps * (st["R"] if self.eps_mode == "relative" else 1.0)
+        return grad * (st["L"] + eps_l).clamp_min(1e-30) ** (-self.root) * \
+            (st["R"] + eps_r).clamp_min(1e-30) ** (-self.root)
+
+    def _accumulate(self, st, key, value):
+        if key not in st:
+            st[key] = value.clone() if self.beta is None else (1 - self.beta) * value
+        elif self.beta is None:
+            st[key].add_(value)
+        else:
+            st[key].mul_(self.beta).add_(value, alpha=1 - self.beta)
+
+    def _graft_norm(self, grad, st, k):
+        if self.grafting == "sgd":
+            return torch.linalg.vector_norm(grad)
+        v = st.setdefault("graft_v", torch.zeros_like(grad))
+        v.mul_(self.graft_beta2).addcmul_(grad, grad, value=1 - self.graft_beta2)
+        v_hat = v / (1 - self.graft_beta2 ** (k + 1))
+        return torch.linalg.vector_norm(grad / (v_hat.sqrt() + 1e-8))
+
+    def remove_hooks(self):
+        """Detach the capture hooks of ``model=`` (the dense path stays)."""
+        if self.capture is not None:
+            self.capture.remove()
+            self.capture, self._layer_of = None, {}

@@ -1,0 +1,233 @@
+"""The width-scaling table: SP and muP for SGD, Adam, K-FAC, Shampoo and FOOF.
+
+Everything that depends on width reads this module and nothing else.
+
+A *parametrization* is a table of exponents of the width M, one per layer role
+(input, hidden, output). Like ``mup``, every rule is relative to a base width M0:
+
+    factor(M) = (M / M0) ** (-exponent)
+
+so at M == M0 every parametrization equals SP and hyperparameters tuned on the narrow
+base model are the ones the wide model uses (Ishikawa & Karakida, ICLR 2024, Table 1;
+the one-step derivation is in ``shared/science.md`` and in notebook 02).
+
+    init std   sigma / sqrt(fan_in at M0) * factor(b)       (b: init exponent)
+    lr         lr * factor(c)                                (c: lr exponent)
+    damping    rho * factor(d)  per K-FAC factor / Shampoo eps
+
+Negative exponents make a quantity *grow* with width (muP-SGD's input-layer lr,
+K-FAC's rho_A in hidden layers). The input layer's fan-in is fixed, so its init std is
+sigma / sqrt(d_in) at every width.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+ROLES = ("input", "hidden", "output")
+PARAMS = ("sp", "mup")
+OPTIMIZERS = ("sgd", "adam", "kfac", "shampoo", "foof")
+
+# The muP init is the same for every optimizer; only lr and damping change.
+_SP_INIT = (0.0, 0.5, 0.5)
+_MUP_INIT = (0.0, 0.5, 1.0)
+_ZERO = (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Exponents of one (parametrization, optimizer) row; tuples are (input, hidden, output).
+
+    ``damping_a``/``damping_b``: exponents of K-FAC's rho_A (input-side factor A = E[x x^T])
+    and rho_B (output-gradient factor B = E[delta delta^T]); for Shampoo ``damping_a`` is
+    the exponent of the absolute eps. ``None`` means "no damping" for this optimizer.
+    """
+
+    param: str
+    optimizer: str
+    init: tuple
+    lr: tuple
+    damping_a: tuple | None = None
+    damping_b: tuple | None = None
+    note: str = ""
+
+    def factor(self, kind: str, role: str, width: int, base_width: int) -> float:
+        """(width / base_width) ** (-exponent) for ``kind`` in {init, lr, damping_a, damping_b}."""
+        exps = getattr(self, kind)
+        if exps is None:
+            return 1.0
+        e = exps[ROLES.index(role)]
+        return float((width / base_width) ** (-e))
+
+
+def rule(param: str, optimizer: str, root: float = 0.25) -> Rule:
+    """The scaling rule of ``param`` in {"sp", "mup"} for ``optimizer``.
+
+    ``root`` is Shampoo's inverse-root exponent e (update L^-e G R^-e); muP-Shampoo's
+    lr exponents are (2e - 1, 0, 1 - 2e), i.e. (-1/2, 0, 1/2) for the usual e = 1/4.
+    """
+    param = check_choice("param", param, PARAMS)
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    if param == "sp":
+        fixed = _ZERO if optimizer in ("kfac", "shampoo", "foof") else None
+        return Rule("sp", optimizer, _SP_INIT, _ZERO, fixed,
+                    _ZERO if optimizer == "kfac" else None,
+                    "standard init, one lr for all layers, fixed damping")
+    if optimizer == "sgd":
+        return Rule("mup", "sgd", _MUP_INIT, (-1.0, 0.0, 1.0), note="lr grows like M at the input layer, falls like 1/M at the output")
+    if optimizer == "adam":
+        return Rule("mup", "adam", _MUP_INIT, (0.0, 1.0, 1.0), note="Adam normalizes the gradient: lr ~ 1/fan_in for hidden and output")
+    if optimizer == "kfac":
+        return Rule("mup", "kfac", _MUP_INIT, _ZERO, (0.0, -1.0, -1.0), (1.0, 1.0, 0.0),
+                    "one lr for all layers; rho_A ~ |x|^2, rho_B ~ |delta|^2")
+    if optimizer == "foof":
+        return Rule("mup", "foof", _MUP_INIT, (-1.0, -1.0, 0.0), (0.0, -1.0, -1.0), None,
+                    "A-side only: lr must absorb delta ~ 1/M")
+    e = float(root)
+    if not 0.0 < e <= 0.5:
+        raise ValueError(f"root: expected a Shampoo exponent in (0, 0.5], got {root!r}")
+    return Rule("mup", "shampoo", _MUP_INIT, (2 * e - 1, 0.0, 1 - 2 * e), (1.0, 0.0, -1.0), None,
+                "lr ~ sqrt(fan_in / fan_out); eps ~ |x|^2 |delta|^2 (or relative to lambda_max: constant)")
+
+
+@dataclass
+class LayerScale:
+    """What the table gives one layer at a given width: the numbers the optimizer uses."""
+
+    name: str
+    role: str
+    fan_in: int
+    init_std: float
+    lr: float
+    bias_lr: float
+    damping_a: float | None
+    damping_b: float | None
+
+
+def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: float = 0.0,
+                 sigma: float = 1.0, width: int | None = None, base_width: int | None = None,
+                 root: float = 0.25) -> list[LayerScale]:
+    """Per-layer init std, lr and damping for ``model`` (whose layers carry roles).
+
+    init_std = sigma / sqrt(fan_in) * (M/M0)^(1/2 - b)  for hidden and output layers
+               (= sigma / sqrt(fan_in at M0) * (M/M0)^(-b)),  sigma / sqrt(d_in) for the input.
+    lr       = lr * (M/M0)^(-c);  damping_{a,b} = damping * (M/M0)^(-d_{a,b}).
+    Biases: for SGD and Adam, a bias of the input or hidden layer is a "vector-like"
+    parameter (one infinite dimension, like input weights), so it follows the input layer's
+    lr exponent; the output bias (finite size) keeps the base lr. Second-order optimizers
+    precondition the bias together with its weight, so it shares the layer's lr.
+    """
+    from .models import layer_roles, model_widths  # local import: models reads this module
+
+    layers = layer_roles(model)
+    width, base_width = model_widths(model, width, base_width)
+    r = rule(param, optimizer, root)
+    out = []
+    for name, module, role in layers:
+        fan_in = _fan_in(module)
+        ratio = width / base_width
+        if role == "input":
+            std = sigma / math.sqrt(fan_in)
+        else:
+            std = sigma / math.sqrt(fan_in) * ratio ** (0.5 - r.init[ROLES.index(role)])
+        layer_lr = lr * r.factor("lr", role, width, base_width)
+        if optimizer in ("sgd", "adam"):
+            bias_role = "input" if role != "output" else None
+            bias_lr = lr * r.factor("lr", bias_role, width, base_width) if bias_role else lr
+        else:
+            bias_lr = layer_lr
+        da = damping * r.factor("damping_a", role, width, base_width) if r.damping_a else None
+        db = damping * r.factor("damping_b", role, width, base_width) if r.damping_b else None
+        out.append(LayerScale(name, role, fan_in, std, layer_lr, bias_lr, da, db))
+    return out
+
+
+def _fan_in(module) -> int:
+    w = module.weight
+    return int(w[0].numel())
+
+
+def check_choice(arg: str, value, choices) -> str:
+    """Return ``value`` lower-cased if it is one of ``choices``, else raise ValueError naming ``arg``."""
+    if not isinstance(value, str) or value.lower().replace("-", "").replace("_", "") not in choices:
+        raise ValueError(f"{arg}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value.lower().replace("-", "").replace("_", "")
+
+
+def check_positive(arg: str, value, integer: bool = False, allow_zero: bool = False):
+    """Raise ValueError/TypeError naming ``arg`` unless ``value`` is a finite number > 0 (>= 0)."""
+    want = "a positive integer" if integer else ("a finite number >= 0" if allow_zero else "a finite number > 0")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise TypeError(f"{arg}: expected {want}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{arg}: expected {want}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------- the table as data
+@dataclass
+class ScalingTable:
+    """The exponent table as rows; prints in a terminal and renders as HTML in a notebook."""
+
+    rows: list = field(default_factory=list)
+    root: float = 0.25
+
+    def records(self) -> list[dict]:
+        """One dict per (param, optimizer): exponents of M with factor (M/M0)^(-exponent)."""
+        recs = []
+        for r in self.rows:
+            recs.append({
+                "param": r.param, "optimizer": r.optimizer,
+                **{f"init_{k}": r.init[i] for i, k in enumerate(ROLES)},
+                **{f"lr_{k}": r.lr[i] for i, k in enumerate(ROLES)},
+                **{f"damping_a_{k}": (r.damping_a[i] if r.damping_a else None) for i, k in enumerate(ROLES)},
+                **{f"damping_b_{k}": (r.damping_b[i] if r.damping_b else None) for i, k in enumerate(ROLES)},
+                "note": r.note,
+            })
+        return recs
+
+    def to_frame(self):
+        """The table as a pandas DataFrame (one row per parametrization and optimizer)."""
+        import pandas as pd
+        return pd.DataFrame(self.records())
+
+    def _cells(self):
+        def fmt(t, scale=False):
+            if t is None:
+                return "-"
+            if scale:  # damping: show the proportionality M^(-d)
+                return ", ".join(_power(-x) for x in t)
+            return ", ".join(_num(x) for x in t)
+        head = ["param", "optimizer", "init b (in, hid, out)", "lr c (in, hid, out)",
+                "rho_A / eps scale", "rho_B scale"]
+        body = [[r.param, r.optimizer, fmt(r.init), fmt(r.lr), fmt(r.damping_a, True),
+                 fmt(r.damping_b, True)] for r in self.rows]
+        return head, body
+
+    def __repr__(self) -> str:
+        head, body = self._cells()
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+        line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+        return "\n".join([
+            "Width scaling: factor = (M/M0)^(-exponent); damping columns show how it grows with M",
+            line(head), line(["-" * w for w in widths]), *map(line, body)])
+
+    def _repr_html_(self) -> str:
+        head, body = self._cells()
+        th = "".join(f"<th>{h}</th>" for h in head)
+        trs = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+        return (f"<table><caption>Width scaling: factor = (M/M<sub>0</sub>)<sup>-exponent</sup>"
+                f"</caption><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>")
+
+
+def _num(x: float) -> str:
+    return {0.5: "1/2", -0.5: "-1/2"}.get(x, f"{x:g}")
+
+
+def _power(x: float) -> str:
+    return "1" if x == 0 else ("M" if x == 1 else f"M^{_num(x)}")
+
+
+def scaling_table(root: float = 0.25) -> ScalingTable:
+    """All rows of the table (SP and muP for every optimizer), Shampoo at inverse root ``root``."""
+    return ScalingTable([rule(p, o, root) for p in PARAMS for o in OPTIMIZERS], root)

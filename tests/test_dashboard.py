@@ -1,0 +1,126 @@
+"""The dashboard driven without a browser: runs, stop, restart, errors, divergence, figures."""
+import time
+
+import pytest
+
+pytest.importorskip("ipywidgets")
+from mupso_lite.dashboard import Dashboard  # noqa: E402
+
+
+def wait_for(condition, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_run_plots_loss_accuracy_and_one_feature_trace_per_layer():
+    dash = Dashboard(width=128, depth=4, steps=30, optimizer="kfac").run(wait=True)
+    assert "done, 30 steps" in dash.status and "device: cpu" in dash.status
+    assert [r["step"] for r in dash.records] == list(range(1, 31))
+    train_loss, test_acc = dash.loss_figure.data
+    assert list(train_loss.x) == list(range(1, 31))
+    assert list(train_loss.y) == pytest.approx([r["loss"] for r in dash.records])
+    assert len(test_acc.x) >= 2 and all(0 <= a <= 1 for a in test_acc.y)
+    names = [t.name for t in dash.feature_figure.data]
+    assert names == ["layers.0 (input)", "layers.1 (hidden)", "layers.2 (hidden)", "layers.3 (output)"]
+    assert all(len(t.y) == 30 and min(t.y) > 0 for t in dash.feature_figure.data)
+    assert dash.timings["first_point_s"] > 0 and dash.timings["steps_per_s"] > 0
+    assert "application/vnd.jupyter.widget-view+json" in dash._repr_mimebundle_()
+
+
+def test_same_settings_repeat_exactly():
+    a = Dashboard(width=64, steps=15, optimizer="shampoo").run(wait=True)
+    b = Dashboard(width=64, steps=15, optimizer="shampoo").run(wait=True)
+    assert [r["loss"] for r in a.records] == [r["loss"] for r in b.records]
+
+
+def test_stop_ends_the_run_within_one_step():
+    dash = Dashboard(width=512, steps=2000, optimizer="sgd").run()
+    assert wait_for(lambda: len(dash.records) >= 3)
+    seen = len(dash.records)
+    dash.stop()
+    assert dash.join(timeout=30)
+    assert len(dash.records) <= seen + 1
+    assert dash.records[-1]["step"] < 2000
+    assert dash.status.startswith("device: cpu · stopped at step")
+
+
+def test_moving_a_slider_during_a_run_restarts_it_cleanly():
+    dash = Dashboard(width=256, steps=2000, optimizer="adam").run()
+    assert wait_for(lambda: len(dash.records) >= 5)
+    first_job = dash._job
+    dash.controls["width"].value = 64
+    assert first_job.join(timeout=30) and first_job.stopped
+    assert dash.last_settings.width == 64 and dash.running
+    assert wait_for(lambda: len(dash.records) >= 5)
+    dash.stop()
+    assert dash.join(timeout=30)
+    steps = [r["step"] for r in dash.records]
+    assert steps == list(range(1, len(steps) + 1))  # a fresh run, not the old one continued
+    assert list(dash.loss_figure.data[0].x) == steps
+    assert first_job.error is None and dash._job.error is None
+
+
+def test_moving_a_slider_while_idle_does_not_start_a_run():
+    dash = Dashboard(width=64, steps=10)
+    dash.controls["lr"].value = 0.1
+    assert not dash.running and dash.records == []
+
+
+def test_choosing_an_optimizer_sets_its_defaults_and_damping_switch():
+    dash = Dashboard(optimizer="sgd")
+    assert dash.controls["damping"].disabled
+    dash.controls["optimizer"].value = "kfac"
+    assert dash.controls["lr"].value == pytest.approx(0.1)
+    assert dash.controls["damping"].value == pytest.approx(0.1)
+    assert not dash.controls["damping"].disabled
+
+
+def test_an_exception_becomes_a_status_message_and_the_dashboard_still_works():
+    def broken():
+        raise RuntimeError("this data set is broken")
+    dash = Dashboard(width=64, steps=10, datasets={"broken": broken}, dataset="broken").run(wait=True)
+    assert dash.status == "error: RuntimeError: this data set is broken"
+    assert isinstance(dash._job.error, RuntimeError)
+    dash.controls["dataset"].value = "digits"
+    dash.run(wait=True)
+    assert "done, 10 steps" in dash.status
+
+
+def test_divergence_is_reported_with_its_step():
+    dash = Dashboard(width=1024, optimizer="sgd", param="sp", lr=10.0, dataset="teacher_regression",
+                     steps=100).run(wait=True)
+    k = dash.records[-1]["step"]
+    assert dash.records[-1]["diverged"] and k < 100
+    assert f"diverged at step {k}" in dash.status
+
+
+def test_compare_overlays_sp_and_mup():
+    dash = Dashboard(width=256, depth=3, steps=10, optimizer="sgd").compare(wait=True)
+    assert {r["param"] for r in dash.records} == {"sp", "mup"}
+    assert [t.name for t in dash.loss_figure.data] == ["train loss (SP)", "test accuracy (SP)",
+                                                       "train loss (μP)", "test accuracy (μP)"]
+    assert len(dash.feature_figure.data) == 6
+    assert all(len(t.x) == 10 for t in dash.feature_figure.data)
+    assert "SP: done" in dash.status and "μP: done" in dash.status
+
+
+def test_width_view_fits_slopes_mup_flat_sp_not():
+    kw = dict(optimizer="sgd", steps=10, coord_widths=(64, 256, 1024), coord_steps=2, coord_seeds=(0, 1))
+    mup = Dashboard(param="mup", **kw).width_view(wait=True)
+    assert len(mup.width_points) == 3 * 2 * 3  # widths x seeds x layers
+    assert [len(t.x) for t in mup.width_figure.data] == [3, 2] * 3  # measured + dashed prediction
+    assert all(abs(s) < 0.3 for s in mup.slopes().values()), mup.slopes()
+    assert "width view done: slopes" in mup.status
+    sp = Dashboard(param="sp", **kw).width_view(wait=True)
+    assert sp.slopes()["layers.2"] > 0.4, sp.slopes()  # SP at a fixed lr: the output blows up
+
+
+def test_figure_updates_are_throttled():
+    dash = Dashboard(width=64, steps=400, optimizer="adam", update_interval=0.2).run(wait=True)
+    seconds = dash.records[-1]["seconds"]
+    assert dash.live["loss"].pushes <= seconds / 0.2 + 3
+    assert len(dash.loss_figure.data[0].x) == 400  # but every point arrives
