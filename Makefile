@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # JupyterLab on localhost only, with its default token authentication.
+# (--allow-root only when run as root, e.g. in a container: JupyterLab refuses root otherwise.)
 lab: venv
-	$(BIN)/jupyter lab --ip=127.0.0.1 notebooks/00_playground.ipynb
+	$(BIN)/jupyter lab --ip=127.0.0.1 $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) notebooks/00_playground.ipynb
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -3,23 +3,33 @@
     import mupso_lite as ml
     ml.scaling_table()
     model = ml.MLP(d_in=64, d_out=10, width=1024, depth=3, base_width=64, param="mup", optimizer="kfac")
-    opt = ml.make_optimizer(model, "kfac", lr=0.1, damping=1e-3, param="mup")
+    opt = ml.make_optimizer(model, "kfac", lr=0.1, damping=0.1, param="mup")
     for record in ml.train(model, opt, ml.datasets.digits(), steps=200): ...
+
+Data flows one way: scaling -> models, optim -> train -> coord, sweep -> plots -> dashboard, cli.
 """
 from . import data as datasets
+from .coord import CoordCheck, coord_check, fit_slope, theory_slopes
 from .losses import cross_entropy, half_mse
 from .models import CNN, MLP, init_weights, layer_roles, tag_roles
 from .optim import KFAC, Shampoo, make_optimizer
 from .scaling import ROLES, Rule, layer_scales, rule, scaling_table
-from .coord import CoordCheck, coord_check, fit_slope
+from .sweep import load_results, sweep
 from .train import FeatureProbe, evaluate, resolve_device, run, train
 
 __version__ = "0.1.0"
 
-__all__ = ["CNN", "CoordCheck", "coord_check", "fit_slope", "FeatureProbe", "KFAC", "MLP", "ROLES", "Rule", "Shampoo", "cross_entropy", "datasets",
-           "evaluate", "half_mse", "init_weights", "layer_roles", "layer_scales", "make_optimizer",
-           "resolve_device", "rule", "run", "scaling_table", "tag_roles", "train"]
-from . import plots
-from .sweep import load_results, sweep
+__all__ = ["CNN", "CoordCheck", "Dashboard", "FeatureProbe", "KFAC", "MLP", "ROLES", "Rule", "Shampoo",
+           "coord_check", "cross_entropy", "datasets", "evaluate", "fit_slope", "half_mse", "init_weights",
+           "layer_roles", "layer_scales", "load_results", "make_optimizer", "plots", "resolve_device", "rule",
+           "run", "scaling_table", "sweep", "tag_roles", "theory_slopes", "train"]
 
-__all__ += ["load_results", "plots", "sweep"]
+
+def __getattr__(name):
+    """Import the plotting and widget layers only when asked for (sweep workers never need them)."""
+    import importlib
+    if name == "plots":
+        return importlib.import_module(".plots", __name__)
+    if name == "Dashboard":
+        return importlib.import_module(".dashboard", __name__).Dashboard
+    raise AttributeError(f"module 'mupso_lite' has no attribute {name!r}")

@@ -95,7 +95,8 @@ class Dashboard(Runs):
         self.buttons = {
             "run": W.Button(description="Run", button_style="success", icon="play"),
             "stop": W.Button(description="Stop", button_style="danger", icon="stop"),
-            "compare": W.Button(description="Compare SP vs μP", icon="columns"),
+            "compare": W.Button(description="Compare SP vs μP", icon="columns",
+                                layout=W.Layout(width="180px")),
             "width": W.Button(description="Width view", icon="line-chart",
                               tooltip="coordinate check: feature change against width"),
         }
@@ -112,7 +113,8 @@ class Dashboard(Runs):
                 margin=dict(l=60, r=20, t=50, b=45), legend=dict(font_size=10), **layout))
         self.loss_figure = figure("training loss and test accuracy", "step", "loss", yaxis_type="log",
                                   yaxis2=dict(title="test accuracy", overlaying="y", side="right",
-                                              range=[0, 1], showgrid=False))
+                                              type="linear", range=[0, 1], tickmode="linear", tick0=0, dtick=0.2,
+                                              showgrid=False))
         self.feature_figure = figure("feature change rms(h_l(t) − h_l(0))", "step", "feature change",
                                      yaxis_type="log")
         self.width_figure = figure("width view: feature change after a few steps", "width M",
@@ -179,6 +181,14 @@ class Dashboard(Runs):
         return Settings(width=int(round(v["width"])), lr=float(v["lr"]), damping=float(v["damping"]),
                         optimizer=v["optimizer"], param=v["param"], dataset=v["dataset"], depth=int(v["depth"]),
                         batch_size=int(v["batch_size"]), steps=int(v["steps"]), seed=self.seed)
+
+    def snapshot(self, which: str = "loss") -> go.Figure:
+        """A static copy of the "loss", "feature" or "width" figure (stays in a saved notebook)."""
+        if which not in ("loss", "feature", "width"):
+            raise ValueError(f"which: expected 'loss', 'feature' or 'width', got {which!r}")
+        fig = go.Figure(getattr(self, f"{which}_figure").to_dict())
+        fig.update_traces(uid=None)  # FigureWidget's random trace ids would differ on every run
+        return fig
 
     # ------------------------------------------------------------------ internals
     def _start(self, kind: str, wait: bool) -> "Dashboard":

@@ -263,8 +263,8 @@ def sweep(grid, results="results/sweep.jsonl", steps: int | None = None, executo
 
     Grid keys: width, base_width, depth, activation, model ("mlp"/"cnn"), sigma, zero_readout,
     bias, optimizer, param, lr, damping, K-FAC/Shampoo options (damping_mode, inverse_interval,
-    ...), dataset, seed, steps, batch_size. ``steps`` and ``defaults`` set a key for every run.
-    Everything is validated before the first run starts.
+    ...), dataset, seed, steps, batch_size. ``steps`` and ``defaults`` (e.g. dataset="teacher")
+    set keys the grid leaves out. Everything is validated before the first run starts.
 
         ml.sweep({"width": [64, 256], "lr": [0.01, 0.1], "optimizer": ["kfac"]}, steps=50)
     """
@@ -276,8 +276,8 @@ def sweep(grid, results="results/sweep.jsonl", steps: int | None = None, executo
         check_positive("workers", workers, integer=True)
     if ray_address is not None and executor != "ray":
         raise ValueError(f"ray_address: only used with executor='ray', got executor={executor!r}")
-    path = _check_results_path(results)
     _dry_build(configs)
+    path = _check_results_path(results)
     _repair(path)
     done = {r["key"] for r in read_records(path) if r.get("status") in DONE}
     todo = [c for c in configs if config_key(c) not in done]

@@ -97,7 +97,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", ste
     dev = resolve_device(device)
     dtype = next(model.parameters()).dtype
     model.to(dev)
-    loss_fn = loss_function("cross_entropy" if data.task == "classification" else "mse")
+    loss_name = "cross_entropy" if data.task == "classification" else "mse"
+    loss_fn = loss_function(loss_name)
     classify = data.task == "classification"
     x_all, y_all = data.x_train.to(dev, dtype), data.y_train.to(dev)
     if not classify:
@@ -127,7 +128,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", ste
             return
         optimizer.zero_grad(set_to_none=True)
         if hasattr(optimizer, "sample_fisher"):
-            optimizer.sample_fisher(out)
+            optimizer.sample_fisher(out, loss=loss_name)
         loss.backward()
         optimizer.step()
         if classify:

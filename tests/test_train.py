@@ -77,7 +77,7 @@ def test_device_auto_and_cnn_and_regression():
         assert recs[-1]["loss"] < 10 and set(recs[-1]["feature_change"]) == {"convs.0", "convs.1", "readout"}
     reg = ml.datasets.teacher(task="regression")
     model = ml.MLP(reg.d_in, reg.d_out, width=32, seed=0)
-    recs = ml.run(model, ml.make_optimizer(model, "kfac", lr=0.1, fisher="mc", loss="mse"), reg, steps=20)
+    recs = ml.run(model, ml.make_optimizer(model, "kfac", lr=0.1, fisher="mc"), reg, steps=20)  # train passes "mse"
     assert recs[-1]["loss"] < recs[0]["loss"] and "accuracy" not in recs[-1]
 
 

@@ -15,6 +15,13 @@ F <- decay * F + (1 - decay) * F_batch (``ema_decay`` = 0 keeps only the current
 on the first update F is exactly the current batch's. Factors are refreshed every
 ``factor_interval`` steps, inverses every ``inverse_interval`` steps and cached between.
 
+Fast paths (all equal the dense math; tests/test_fast_paths.py checks them in float64):
+  low-rank      with G = gout^T x (R rows), (B+rho_B I)^-1 G (A+rho_A I)^-1 is computed as
+                ((B+rho_B I)^-1 gout^T)(x (A+rho_A I)^-1) when that is cheaper (R < width);
+  push-through  with ``ema_decay=0`` and both intervals 1 the factors are the current batch's
+                and the update needs only R x R solves (``linalg.pushthrough_precondition``);
+                no factor or inverse is stored then.
+
 Damping (``damping_mode``):
   "fixed"  rho_A = damping_a, rho_B = damping_b (each defaults to ``damping``). This is how
            ``make_optimizer`` applies the muP table: it scales these per layer and width.
@@ -39,7 +46,7 @@ from ..losses import LOSSES, loss_function, sample_targets
 from ..models import layer_roles
 from ..scaling import check_choice, check_positive
 from .capture import LayerCapture, output_rows, weight_matrix
-from .linalg import damped_inverse, matches_batch, precondition
+from .linalg import damped_inverse, matches_batch, precondition, pushthrough_precondition
 
 DAMPING_MODES = ("fixed", "pi", "trace")
 
@@ -61,13 +68,17 @@ class KFAC(torch.optim.Optimizer):
         momentum, weight_decay: heavy-ball momentum on the update; decoupled weight decay.
         params: optional param groups, each a dict with "params" and "layer" (the layer's
             name, or None for parameters updated by SGD); ``make_optimizer`` builds these.
+        check_batch: verify each step, on one random direction, that .grad == gout^T x
+            before taking the low-rank path (one host sync per layer; cheap on CPU). Set
+            False on a GPU when nothing edits .grad between backward() and step()
+            (no clipping, no accumulation over several batches).
     """
 
     def __init__(self, model: nn.Module, lr: float = 0.1, damping: float = 0.1, damping_a: float | None = None,
                  damping_b: float | None = None, damping_mode: str = "fixed", fisher: str = "empirical",
                  loss: str = "cross_entropy", ema_decay: float = 0.95, factor_interval: int = 1,
                  inverse_interval: int = 10, foof: bool = False, momentum: float = 0.0,
-                 weight_decay: float = 0.0, params=None):
+                 weight_decay: float = 0.0, params=None, check_batch: bool = True):
         check_positive("lr", lr)
         check_positive("damping", damping, allow_zero=True)
         for arg, v in (("damping_a", damping_a), ("damping_b", damping_b)):
@@ -84,7 +95,7 @@ class KFAC(torch.optim.Optimizer):
         check_positive("inverse_interval", inverse_interval, integer=True)
         check_positive("momentum", momentum, allow_zero=True)
         check_positive("weight_decay", weight_decay, allow_zero=True)
-        self.ema_decay, self.foof = float(ema_decay), bool(foof)
+        self.ema_decay, self.foof, self.check_batch = float(ema_decay), bool(foof), bool(check_batch)
         self.factor_interval, self.inverse_interval = factor_interval, inverse_interval
 
         self.modules_by_name = {name: m for name, m, _ in layer_roles(model)}
@@ -103,14 +114,20 @@ class KFAC(torch.optim.Optimizer):
         self._steps = 0
 
     # ------------------------------------------------------------------ Fisher sampling
-    def sample_fisher(self, outputs: torch.Tensor) -> None:
+    def sample_fisher(self, outputs: torch.Tensor, loss: str | None = None) -> None:
         """For ``fisher="mc"``: back-propagate a loss on labels sampled from the model,
-        keeping the graph, and store those output gradients for B. No-op otherwise."""
+        keeping the graph, and store those output gradients for B. No-op otherwise.
+
+        ``loss`` ("cross_entropy" or "mse") overrides the constructor's; ``ml.train`` passes
+        the loss it trains with, so the sampled targets always match the task."""
         if self.fisher != "mc" or self._steps % self.factor_interval != 0:
             return
+        loss = self.loss if loss is None else loss
+        if loss not in LOSSES:
+            raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
         names = [n for n in self.modules_by_name if n in self.capture.outputs()]
-        targets = sample_targets(outputs, self.loss)
-        sampled = loss_function(self.loss)(outputs, targets)
+        targets = sample_targets(outputs, loss)
+        sampled = loss_function(loss)(outputs, targets)
         self.capture.grad_target = "ignore"
         try:
             grads = torch.autograd.grad(sampled, [self.capture.outputs()[n] for n in names],
@@ -146,52 +163,88 @@ class KFAC(torch.optim.Optimizer):
         k = st.get("step", 0)
         grad = weight_matrix(module)
         captured = self.capture.ready(name)
-        if k % self.factor_interval == 0:
-            if not captured:
-                raise RuntimeError(f"K-FAC: no captured inputs/output gradients for layer {name!r}; run "
-                                   "the forward and backward pass with gradients enabled before step()")
-            self._update_factors(name, st)
-        if k % self.inverse_interval == 0 or "A_inv" not in st:
-            self._update_inverses(group, st)
+        if not captured and k % self.factor_interval == 0:
+            raise RuntimeError(f"K-FAC: no captured inputs/output gradients for layer {name!r}; run "
+                               "the forward and backward pass with gradients enabled before step()")
         x, gout = (self.capture.x(name), self.capture.gout(name)) if captured else (None, None)
-        lowrank = captured and matches_batch(grad, gout, x)
-        update = precondition(None if self.foof else st["B_inv"], grad, st["A_inv"],
-                              gout if lowrank else None, x if lowrank else None)
+        lowrank = captured and (not self.check_batch or matches_batch(grad, gout, x))
+        if lowrank and self._current_batch_only(group):
+            update = self._pushthrough_update(group, st, name, x, gout)
+        else:
+            if k % self.factor_interval == 0:
+                self._update_factors(name, st)
+            if k % self.inverse_interval == 0 or "A_inv" not in st:
+                self._update_inverses(group, st)
+            update = precondition(None if self.foof else st["B_inv"], grad, st["A_inv"],
+                                  gout if lowrank else None, x if lowrank else None)
         if group["momentum"]:
             buf = st.setdefault("momentum_buffer", torch.zeros_like(update))
             update = buf.mul_(group["momentum"]).add_(update)
         self._apply(module, update, group)
         st["step"] = k + 1
 
+    def _current_batch_only(self, group) -> bool:
+        """Factors and inverses are exactly the current batch's every step (no EMA, intervals 1),
+        the Fisher is empirical and the damping positive: the push-through path applies."""
+        if self.ema_decay != 0.0 or self.factor_interval != 1 or self.inverse_interval != 1 \
+                or self.fisher != "empirical":
+            return False
+        if self.damping_mode != "fixed":
+            return group["damping"] > 0
+        ra, rb = self.damping_for(group, {})
+        return ra > 0 and (self.foof or rb > 0)
+
+    def _pushthrough_update(self, group, st, name, x, gout):
+        """(B + rho_B I)^-1 G (A + rho_A I)^-1 from R x R solves (``linalg.pushthrough_precondition``).
+        The factors are never formed, so the state holds no A, B or inverses; traces for the
+        "pi"/"trace" damping come from the batch: tr A = |x|^2 / R, tr B = n |gout|^2."""
+        n = self.capture.batch_size(name)
+        traces = None
+        if self.damping_mode != "fixed":
+            tr_a = float(x.pow(2).sum()) / x.shape[0]
+            tr_b = 0.0 if self.foof else n * float(gout.pow(2).sum())
+            traces = (tr_a, x.shape[1], tr_b, gout.shape[1])
+        rho_a, rho_b = self.damping_for(group, st, traces)
+        st["rho_a"], st["rho_b"] = rho_a, rho_b
+        return pushthrough_precondition(gout, x, n, None if self.foof else rho_b, rho_a)
+
     def _update_factors(self, name, st):
+        """F <- d F + (1 - d) F_batch as one fused GEMM per factor (``addmm_`` with beta = d)."""
         x = self.capture.x(name)
         n = self.capture.batch_size(name)
-        delta = self._fisher_gout.get(name, self.capture.gout(name)) if self.fisher == "mc" \
-            else self.capture.gout(name)
-        a_new = x.T @ x / x.shape[0]
-        b_new = None if self.foof else n * (delta.T @ delta)   # (1/N) sum_i (N g_i)(N g_i)^T
-        if "A" not in st:
-            st["A"], st["B"] = a_new, b_new
-            return
-        d = self.ema_decay
-        st["A"].mul_(d).add_(a_new, alpha=1 - d)
-        if b_new is not None:
-            st["B"].mul_(d).add_(b_new, alpha=1 - d)
+        delta = self._delta(name)
+        first, d = "A" not in st, self.ema_decay
+        beta, w = (0.0, 1.0) if first else (d, 1.0 - d)
+        if first:   # beta = 0 ignores the uninitialized buffer
+            st["A"] = x.new_empty(x.shape[1], x.shape[1])
+            st["B"] = None if self.foof else delta.new_empty(delta.shape[1], delta.shape[1])
+        st["A"].addmm_(x.T, x, beta=beta, alpha=w / x.shape[0])            # A_batch = x^T x / R
+        if not self.foof:                                                  # B_batch = n delta^T delta
+            st["B"].addmm_(delta.T, delta, beta=beta, alpha=w * n)          # = (1/N) sum (N g)(N g)^T
 
-    def damping_for(self, group, st) -> tuple[float, float]:
-        """(rho_A, rho_B) this layer uses, per ``damping_mode``."""
+    def _delta(self, name):
+        if self.fisher == "mc":
+            return self._fisher_gout.get(name, self.capture.gout(name))
+        return self.capture.gout(name)
+
+    def damping_for(self, group, st, traces=None) -> tuple[float, float]:
+        """(rho_A, rho_B) this layer uses, per ``damping_mode``. ``traces`` = (tr A, dim A,
+        tr B, dim B) when the factors are not stored (push-through path)."""
         rho = group["damping"]
         if self.damping_mode == "fixed":
             ra = rho if group["damping_a"] is None else group["damping_a"]
             rb = rho if group["damping_b"] is None else group["damping_b"]
             return float(ra), float(rb)
-        tr_a = float(torch.trace(st["A"]))
-        tr_b = float(torch.trace(st["B"])) if st.get("B") is not None else 0.0
+        if traces is None:   # one host sync each, only when the inverses are refreshed
+            b = st.get("B")
+            traces = (float(torch.trace(st["A"])), st["A"].shape[0],
+                      float(torch.trace(b)) if b is not None else 0.0, b.shape[0] if b is not None else 1)
+        tr_a, dim_a, tr_b, dim_b = traces
         if self.damping_mode == "trace":
             return rho * tr_a, rho * tr_b
         if tr_a <= 0 or tr_b <= 0:  # pi undefined: split the damping evenly
             return math.sqrt(rho), math.sqrt(rho)
-        pi = math.sqrt((tr_a / st["A"].shape[0]) / (tr_b / st["B"].shape[0]))
+        pi = math.sqrt((tr_a / dim_a) / (tr_b / dim_b))
         return math.sqrt(rho) * pi, math.sqrt(rho) / pi
 
     def _update_inverses(self, group, st):

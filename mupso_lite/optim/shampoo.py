@@ -47,12 +47,14 @@ class Shampoo(torch.optim.Optimizer):
         grafting: None, "sgd" or "adam".  momentum, weight_decay: heavy-ball; decoupled decay.
         model: optional role-tagged model whose layer inputs and output gradients are
             captured to take the cheaper low-rank path (same result).
+        check_batch: verify .grad == gout^T x on one random direction before the low-rank
+            path (one host sync per layer and step); see ``KFAC``.
     """
 
     def __init__(self, params, lr: float = 1e-2, eps: float = 1e-4, root: float = 0.25,
                  eps_mode: str = "absolute", update_interval: int = 10, beta: float | None = None,
                  grafting: str | None = None, graft_beta2: float = 0.999, momentum: float = 0.0,
-                 weight_decay: float = 0.0, model: nn.Module | None = None):
+                 weight_decay: float = 0.0, model: nn.Module | None = None, check_batch: bool = True):
         check_positive("lr", lr)
         check_positive("eps", eps, allow_zero=True)
         check_positive("root", root)
@@ -70,7 +72,7 @@ class Shampoo(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.root, self.update_interval, self.beta = float(root), update_interval, beta
         self.grafting, self.graft_beta2 = grafting, graft_beta2
-        self.capture, self._layer_of = None, {}
+        self.capture, self._layer_of, self.check_batch = None, {}, bool(check_batch)
         if model is not None:
             layers = {name: m for name, m, _ in layer_roles(model)}
             self._layer_of = {id(m.weight): (name, m) for name, m in layers.items()}
@@ -112,15 +114,15 @@ class Shampoo(torch.optim.Optimizer):
         if id(p) in self._layer_of and self.capture.ready(self._layer_of[id(p)][0]):
             name, module = self._layer_of[id(p)]
             xs = self.capture.x(name)[:, :-1] if module.bias is not None else self.capture.x(name)
-            if matches_batch(grad, self.capture.gout(name), xs):   # the bias is a separate tensor here
+            if not self.check_batch or matches_batch(grad, self.capture.gout(name), xs):   # the bias is a separate tensor here
                 x, gout = xs, self.capture.gout(name)
         if x is not None and x.shape[0] < min(grad.shape):
             xx, gg = x @ x.T, gout @ gout.T                    # R x R Gram matrices of the batch
-            left, right = gout.T @ xx @ gout, x.T @ gg @ x     # = G G^T, G^T G
+            self._accumulate_product(st, "L", gout.T @ xx, gout)   # G G^T = gout^T (x x^T) gout
+            self._accumulate_product(st, "R", x.T @ gg, x)         # G^T G = x^T (gout gout^T) x
         else:
-            left, right = grad @ grad.T, grad.T @ grad
-        self._accumulate(st, "L", left)
-        self._accumulate(st, "R", right)
+            self._accumulate_product(st, "L", grad, grad.T)
+            self._accumulate_product(st, "R", grad.T, grad)
         if k % self.update_interval == 0 or "L_root" not in st:
             relative = self.eps_mode == "relative"
             st["L_root"] = inverse_root(st["L"], self.root, eps, relative)
@@ -134,6 +136,15 @@ class Shampoo(torch.optim.Optimizer):
         eps_l, eps_r = eps * lam, eps * (st["R"] if self.eps_mode == "relative" else 1.0)
         return grad * (st["L"] + eps_l).clamp_min(1e-30) ** (-self.root) * \
             (st["R"] + eps_r).clamp_min(1e-30) ** (-self.root)
+
+    def _accumulate_product(self, st, key, a, b):
+        """st[key] <- st[key] + a b (or the EMA), as one fused GEMM (``addmm_``), no temporary."""
+        if key not in st:
+            st[key] = a @ b if self.beta is None else torch.mm(a, b).mul_(1 - self.beta)
+        elif self.beta is None:
+            st[key].addmm_(a, b)
+        else:
+            st[key].addmm_(a, b, beta=self.beta, alpha=1 - self.beta)
 
     def _accumulate(self, st, key, value):
         if key not in st:

@@ -1,0 +1,55 @@
+"""Before/after: the optimizers of another copy of the package vs this one, interleaved in one process.
+
+    PYTHONPATH=/path/to/old/copy .venv/bin/python benchmarks/before_after.py mupso_lite_before
+
+Single thread, CPU time of this thread (robust when other processes share the cores).
+The old copy is the package directory renamed (e.g. ``git worktree`` of an older commit,
+``cp -r mupso_lite /tmp/bp/mupso_lite_before``). Prints median ms/step and new/old per optimizer.
+"""
+import importlib
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import mupso_lite as ml
+
+SETUPS = {
+    "kfac default": lambda pkg, m: pkg.KFAC(m, lr=0.01, damping=0.1, damping_mode="pi"),
+    "kfac every1": lambda pkg, m: pkg.KFAC(m, lr=0.01, damping=0.1, damping_mode="pi", inverse_interval=1),
+    "kfac ema0 every1": lambda pkg, m: pkg.KFAC(m, lr=0.01, damping=0.1, ema_decay=0.0, inverse_interval=1),
+    "foof default": lambda pkg, m: pkg.KFAC(m, lr=0.01, damping=0.1, foof=True),
+    "shampoo default": lambda pkg, m: pkg.Shampoo(m.parameters(), lr=0.01, eps=1e-4, eps_mode="relative", model=m),
+}
+
+
+def main(old_name, width=1024, block=10, repeats=3):
+    torch.set_num_threads(1)
+    old = importlib.import_module(old_name)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(128, 64, generator=g), torch.randint(0, 10, (128,), generator=g)
+    print(f"MLP 64-{width}-{width}-10, batch 128, blocks of {block} steps, median of {repeats}")
+    print("setup               old ms   new ms   new/old")
+    for name, make in SETUPS.items():
+        runs = {}
+        for tag, pkg in (("old", old), ("new", ml)):
+            model = ml.MLP(64, 10, width, depth=3, seed=0)
+            runs[tag] = (model, make(pkg, model))
+        times = {"old": [], "new": []}
+        for r in range(repeats + 1):
+            for tag, (model, opt) in runs.items():
+                t = time.thread_time()
+                for _ in range(block):
+                    opt.zero_grad(set_to_none=True)
+                    F.cross_entropy(model(x), y).backward()
+                    opt.step()
+                if r:   # the first block is warm-up
+                    times[tag].append((time.thread_time() - t) / block)
+        o, n = (statistics.median(times[t]) for t in ("old", "new"))
+        print(f"{name:18s} {1e3 * o:7.1f}  {1e3 * n:7.1f}   {n / o:5.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "mupso_lite_before")

@@ -1,0 +1,309 @@
+"""Optimizer speed and memory: one command, prints tables (never a timed unit test).
+
+    .venv/bin/python benchmarks/bench_optim.py                 # the full suite (~10 min on 2 cores)
+    .venv/bin/python benchmarks/bench_optim.py --quick         # width 1024 only, fewer repeats
+    .venv/bin/python benchmarks/bench_optim.py --only steps --widths 256 1024
+
+Sections (``--only``):
+  steps    amortized step time (forward + backward + step) of our K-FAC, FOOF and Shampoo,
+           ASDL's K-FAC and Shampoo with the same damping and intervals, torch SGD and Adam,
+           on an MLP (64 -> M -> M -> 10, tanh, batch 128) and the small CNN (ml.CNN on 8x8
+           images). Three schedules:
+             default  factors every step, inverses / roots every 10 steps (our defaults)
+             all10    factors and inverses / roots every 10 steps (issue 3)
+             every1   inverses / roots every step
+           Every optimizer runs whole interval-aligned blocks of steps, interleaved with the
+           others, several repeats; the table gives the median ms/step and ratios to SGD and
+           to ASDL measured in the same run (the machine may be shared: ratios, not absolute
+           times, are what to compare).
+  linalg   one damped inverse (Cholesky) and one inverse 4th root (eigh) vs one torch.linalg.eigh
+           and one n x n matmul; the low-rank preconditioning and the push-through solve vs dense,
+           and the preconditioning's GFLOP/s as a fraction of a plain matmul's.
+  memory   optimizer state per layer vs the theoretical size of the factors and their inverses.
+  train    ml.train: seconds to the first record, and steps/s at widths 256 and 1024.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import mupso_lite as ml
+from mupso_lite.data import load
+from mupso_lite.optim.linalg import damped_inverse, inverse_root, precondition, pushthrough_precondition
+
+BATCH, D_IN, D_OUT, RHO, EPS = 128, 64, 10, 0.1, 1e-4
+SUMMARY = []
+SCHEDULES = {"default": (1, 10), "all10": (10, 10), "every1": (1, 1)}   # (factor, inverse) intervals
+
+
+def _no_nvtx():
+    """ASDL wraps its phases in torch.cuda.nvtx ranges, which raise on a CPU-only torch."""
+    import torch.cuda.nvtx as nvtx
+    nvtx.range_push = lambda *a, **k: None
+    nvtx.range_pop = lambda *a, **k: None
+
+
+CLOCK = {"cpu": time.thread_time, "wall": time.perf_counter}
+now = time.thread_time   # set in main(): CPU time of this thread (robust on a shared machine)
+
+
+# ---------------------------------------------------------------- optimizers under test
+def asdl_kfac(model, factor_every, inverse_every):
+    _no_nvtx()
+    from asdl import KfacGradientMaker, PreconditioningConfig
+    cfg = PreconditioningConfig(data_size=BATCH, damping=RHO, ema_decay=0.05,   # ours: 0.95 F + 0.05 F_new
+                                curvature_upd_interval=factor_every, preconditioner_upd_interval=inverse_every)
+    return KfacGradientMaker(model, cfg, fisher_type="fisher_emp")
+
+
+def asdl_shampoo(model, factor_every, inverse_every):
+    _no_nvtx()
+    from asdl import PreconditioningConfig, ShampooGradientMaker
+    cfg = PreconditioningConfig(damping=EPS, curvature_upd_interval=factor_every,
+                                preconditioner_upd_interval=inverse_every)
+    return ShampooGradientMaker(model, cfg)
+
+
+def builders(factor_every, inverse_every, asdl=True):
+    """name -> (model -> (torch optimizer, ASDL gradient maker or None))."""
+    b = {
+        "sgd": lambda m: (torch.optim.SGD(m.parameters(), lr=0.01), None),
+        "adam": lambda m: (torch.optim.Adam(m.parameters(), lr=1e-3), None),
+        # same damping rule as ASDL: Martens-Grosse pi damping with rho
+        "kfac": lambda m: (ml.KFAC(m, lr=0.01, damping=RHO, damping_mode="pi", factor_interval=factor_every,
+                                   inverse_interval=inverse_every), None),
+        "foof": lambda m: (ml.KFAC(m, lr=0.01, damping=RHO, foof=True, factor_interval=factor_every,
+                                   inverse_interval=inverse_every), None),
+        # ASDL's ridge is eps * lambda_max: our eps_mode="relative"; Shampoo has no factor interval
+        "shampoo": lambda m: (ml.Shampoo(m.parameters(), lr=0.01, eps=EPS, eps_mode="relative",
+                                         update_interval=inverse_every, model=m), None),
+    }
+    if asdl:
+        b["asdl_kfac"] = lambda m: (torch.optim.SGD(m.parameters(), lr=0.01), asdl_kfac(m, factor_every, inverse_every))
+        b["asdl_shampoo"] = lambda m: (torch.optim.SGD(m.parameters(), lr=0.01),
+                                       asdl_shampoo(m, factor_every, inverse_every))
+    return b
+
+
+def make_model(kind, width):
+    if kind == "mlp":
+        return ml.MLP(D_IN, D_OUT, width, depth=3, seed=0)
+    return ml.CNN((1, 8, 8), D_OUT, width, depth=3, seed=0)
+
+
+class Runner:
+    """One optimizer on its own copy of the model; ``block(k)`` times k steps."""
+
+    def __init__(self, model, build, x, y):
+        self.model = copy.deepcopy(model)
+        self.opt, self.gm = build(self.model)
+        self.x, self.y = x, y
+
+    def step(self):
+        if self.gm is not None:   # ASDL: the gradient maker runs forward, backward and preconditioning
+            dummy = self.gm.setup_model_call(self.model, self.x)
+            self.gm.setup_loss_call(F.cross_entropy, dummy, self.y)
+            self.opt.zero_grad(set_to_none=True)
+            self.gm.forward_and_backward()
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            F.cross_entropy(self.model(self.x), self.y).backward()
+        self.opt.step()
+
+    def block(self, k):
+        t = now()
+        for _ in range(k):
+            self.step()
+        return (now() - t) / k
+
+
+def affordable(kind, width, schedule):
+    """Who runs where, to keep the suite near 10 minutes on 2 cores. ASDL Shampoo's coupled
+    Newton root (up to 100 iterations of M x M matmuls) is only run to M = 1024, ASDL K-FAC's
+    dense 2 M^3 preconditioning and our eigh-based Shampoo only to M = 2048."""
+    names = ["sgd", "adam", "foof", "kfac", "shampoo", "asdl_kfac", "asdl_shampoo"]
+    if kind == "cnn":
+        return names[:-1]
+    if width > 1024:
+        names.remove("asdl_shampoo")
+    if width > 2048:
+        names.remove("asdl_kfac")
+        names.remove("shampoo")
+    return names
+
+
+def step_table(kind, widths, schedule, repeats, asdl=True, names=None):
+    fi, ii = SCHEDULES[schedule]
+    block = max(fi, ii)
+    rows = []
+    for width in widths:
+        g = torch.Generator().manual_seed(0)
+        shape = (BATCH, D_IN) if kind == "mlp" else (BATCH, 1, 8, 8)
+        x, y = torch.randn(*shape, generator=g), torch.randint(0, D_OUT, (BATCH,), generator=g)
+        model = make_model(kind, width)
+        bs = builders(fi, ii, asdl)
+        keep = set(names or bs) & set(affordable(kind, width, schedule))
+        runners = {n: Runner(model, b, x, y) for n, b in bs.items() if n in keep}
+        for r in runners.values():   # warm-up: one full interval (first factors, first inverses)
+            r.block(block)
+        times = {n: [] for n in runners}
+        for _ in range(repeats if width < 4096 else 1):
+            for n, r in runners.items():
+                times[n].append(r.block(block))
+        med = {n: statistics.median(v) for n, v in times.items()}
+        rows.append((width, med))
+        show(kind, schedule, width, med)
+    return rows
+
+
+def show(kind, schedule, width, med):
+    sgd = med["sgd"]
+    parts = [f"{kind} {schedule:7s} M={width:<5d} sgd {1e3 * sgd:7.2f} ms"]
+    for n in ("adam", "foof", "kfac", "shampoo"):
+        if n in med:
+            parts.append(f"{n} {med[n] / sgd:5.2f}x")
+    for n in ("kfac", "shampoo"):
+        if f"asdl_{n}" in med:
+            parts.append(f"asdl_{n} {med['asdl_' + n] / sgd:5.2f}x  ours/asdl {med[n] / med['asdl_' + n]:4.2f}")
+    print(" | ".join(parts), flush=True)
+    SUMMARY.append(" | ".join(parts))
+
+
+# ---------------------------------------------------------------- linear algebra
+def best(fn, repeats=5):
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t = now()
+        fn()
+        ts.append(now() - t)
+    return statistics.median(ts)
+
+
+def linalg_table(sizes, rows=BATCH):
+    print("\nn      matmul ms  eigh ms  chol-inverse ms (x matmul)  4th-root ms (x eigh)")
+    for n in sizes:
+        g = torch.Generator().manual_seed(0)
+        a = torch.randn(n, n, generator=g)
+        f = a @ a.T / n
+        rep = 3 if n <= 2048 else 1
+        t_mm = best(lambda: a @ a, rep)
+        t_eigh = best(lambda: torch.linalg.eigh(f), rep)
+        t_inv = best(lambda: damped_inverse(f, 0.1), rep)
+        t_root = best(lambda: inverse_root(f, 0.25, 1e-4), rep)
+        print(f"{n:<6d} {1e3 * t_mm:9.1f} {1e3 * t_eigh:8.1f} {1e3 * t_inv:10.1f} ({t_inv / t_mm:4.1f}x) "
+              f"{1e3 * t_root:16.1f} ({t_root / t_eigh:4.2f}x)", flush=True)
+    print(f"\npreconditioning one M x M layer from a batch of R = {rows} rows")
+    print("M      dense ms  low-rank ms  push-through ms  low-rank GFLOP/s  matmul GFLOP/s (same shapes)  ratio")
+    for n in sizes[:3]:
+        g = torch.Generator().manual_seed(1)
+        x, gout = torch.randn(rows, n, generator=g), torch.randn(rows, n, generator=g) / rows
+        grad = gout.T @ x
+        A, B = x.T @ x / rows, rows * gout.T @ gout
+        ai, bi = damped_inverse(A, 0.1), damped_inverse(B, 0.1)
+        t_dense = best(lambda: bi @ grad @ ai)
+        t_low = best(lambda: precondition(bi, grad, ai, gout, x))
+        t_push = best(lambda: pushthrough_precondition(gout, x, rows, 0.1, 0.1))
+        flops = 2 * rows * (3 * n * n)
+        t_mm = best(lambda: (bi @ gout.T, x @ ai))      # the two R x M x M products alone
+        print(f"{n:<6d} {1e3 * t_dense:8.1f} {1e3 * t_low:11.2f} {1e3 * t_push:15.2f} "
+              f"{flops / t_low / 1e9:17.1f} {2 * 2 * rows * n * n / t_mm / 1e9:27.1f} "
+              f"{(flops / t_low) / (4 * rows * n * n / t_mm):6.2f}", flush=True)
+
+
+# ---------------------------------------------------------------- memory
+def state_bytes(st):
+    total = {}
+    for k, v in st.items():
+        if torch.is_tensor(v):
+            total[k] = v.numel() * v.element_size()
+    return total
+
+
+def memory_table(width=1024):
+    print(f"\noptimizer state per layer, MLP width {width}, float32 (MiB); theory = factors + inverses")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(BATCH, D_IN, generator=g), torch.randint(0, D_OUT, (BATCH,), generator=g)
+    for name in ("kfac", "foof", "shampoo"):
+        model = make_model("mlp", width)
+        opt = builders(1, 1, asdl=False)[name](model)[0]
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        for lname, m in zip(("input", "hidden", "output"), model.layers):
+            out, inp = m.weight.shape
+            n_fac = 1 if name == "foof" else 2
+            theory = (inp * inp + (out * out if n_fac == 2 else 0)) * 2 * 4
+            got = sum(state_bytes(opt.state[m.weight]).values())
+            print(f"{name:8s} {lname:7s} {out:5d}x{inp:<5d} state {got / 2**20:7.2f}  theory {theory / 2**20:7.2f}"
+                  f"  ratio {got / theory:4.2f}  keys {sorted(state_bytes(opt.state[m.weight]))}", flush=True)
+
+
+# ---------------------------------------------------------------- ml.train latency
+def train_table(widths=(256, 1024), steps=40):
+    print("\nml.train on digits (batch 64, make_optimizer defaults, muP; wall clock, includes the probe)")
+    print("optimizer width  first record s  steps/s")
+    load("digits")   # the dataset load itself is not what we measure (cached after this)
+    for name in ("sgd", "kfac", "foof", "shampoo"):
+        for width in widths:
+            model = ml.MLP(64, 10, width, 3, base_width=64, param="mup", optimizer=name)
+            opt = ml.make_optimizer(model, name, lr=0.05 if name != "adam" else 1e-3)
+            t = time.perf_counter()   # wall clock: latency is what a user waits
+            it = ml.train(model, opt, "digits", steps=steps, eval_every=10, device="cpu")
+            first = next(it)
+            t_first = time.perf_counter() - t
+            last = first
+            for last in it:
+                pass
+            rate = (last["step"] - 1) / (last["seconds"] - first["seconds"])
+            print(f"{name:9s} {width:5d}  {t_first:14.3f}  {rate:7.1f}", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="*", default=["steps", "linalg", "memory", "train"])
+    p.add_argument("--widths", nargs="*", type=int, default=[256, 1024, 2048, 4096])
+    p.add_argument("--schedules", nargs="*", default=list(SCHEDULES))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-asdl", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see --clock)")
+    p.add_argument("--clock", choices=list(CLOCK), default="cpu",
+                   help="cpu: CPU time of the calling thread, exact with --threads 1 even when other "
+                        "processes share the cores; wall: perf_counter (use with --threads > 1 on an idle machine)")
+    p.add_argument("--quick", action="store_true", help="width 1024, 2 repeats, default schedule + every1")
+    a = p.parse_args()
+    global now
+    now = CLOCK[a.clock]
+    torch.set_num_threads(a.threads)
+    if a.quick:
+        a.widths, a.repeats = [1024], 2
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, clock {a.clock}, {time.strftime('%Y-%m-%d %H:%M')}")
+    t0 = time.perf_counter()
+    if "steps" in a.only:
+        for schedule in a.schedules:
+            widths = [w for w in a.widths if schedule != "every1" or w <= 2048]   # 4096 eigh per step: too slow
+            step_table("mlp", widths, schedule, a.repeats, not a.no_asdl)
+        step_table("cnn", [32, 64], "default", a.repeats)
+    if "linalg" in a.only:
+        linalg_table([w for w in a.widths if w <= 2048] or [1024])
+    if "memory" in a.only:
+        memory_table()
+    if "train" in a.only:
+        train_table()
+    if "steps" in a.only:
+        print("\nsummary (ratios; see above)")
+        for line in SUMMARY:
+            print(line)
+    print(f"total {time.perf_counter() - t0:.0f} s wall")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""A real browser drives the dashboard: JupyterLab + headless Chromium (via playwright).
+
+Starts JupyterLab on 127.0.0.1 (random free port, random token) in a temporary folder with a
+copy of notebooks/00_playground.ipynb, runs all cells, moves the width slider, presses Run and
+reads plotly's own figure data from the page. A screenshot goes to artifacts/.
+"""
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                "(apt-get install -y chromium chromium-driver; .ci/run installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """(base url, token) of a JupyterLab serving a copy of the playground notebook."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(ROOT / "notebooks" / "00_playground.ipynb", root)
+    port, token = free_port(), secrets.token_hex(16)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
+               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"))
+    log = open(tmp_path / "lab.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
+                             f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+                             "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+                            + (["--allow-root"] if os.geteuid() == 0 else []),
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield base, token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+FIGURE = """([title, i]) => {
+    const plots = [...document.querySelectorAll('.js-plotly-plot')]
+        .filter(p => p.layout && p.layout.title && String(p.layout.title.text || '').startsWith(title));
+    const p = plots[i];
+    return p ? p.data.map(t => ({name: t.name, n: (t.x || []).length})) : null;
+}"""
+
+
+def test_playground_in_a_real_browser(lab):
+    playwright = pytest.importorskip("playwright.sync_api")
+    base, token = lab
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        try:
+            page.goto(f"{base}/lab/tree/00_playground.ipynb?token={token}")
+            page.wait_for_selector(".jp-Notebook", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+            for dialog in page.locator(".jp-Dialog .jp-mod-accept").all():  # "Select Kernel", if any
+                dialog.click()
+            for no in page.locator(".jp-toast-button", has_text="No").all():  # the news toast, if any
+                no.click()
+            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+            # the last code cell runs the width view; its end shows in the status line
+            page.wait_for_selector(".widget-slider", timeout=90_000)
+            page.wait_for_function("() => document.body.innerText.includes('width view done')", timeout=240_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+
+            width = page.locator(".widget-slider").first
+            assert width.locator(".widget-readout").inner_text().strip() == "128"
+            width.locator(".noUi-handle").focus()
+            page.keyboard.press("ArrowRight")  # one step on the log2 slider: 128 -> 256
+            page.wait_for_function("() => document.querySelector('.widget-slider .widget-readout')"
+                                   ".innerText.trim() === '256'", timeout=10_000)
+
+            steps = page.locator(".widget-slider", has_text="steps")
+            steps.locator(".noUi-handle").focus()
+            for _ in range(14):  # 30 -> 100 steps (step 5): long enough to watch it grow
+                page.keyboard.press("ArrowRight")
+            page.wait_for_function("() => [...document.querySelectorAll('.widget-slider')].some(s => "
+                                   "s.innerText.includes('steps') && s.querySelector('.widget-readout')"
+                                   ".innerText.trim() === '100')", timeout=10_000)
+
+            page.locator("button.widget-button").filter(has_text=re.compile(r"^\W*Run$")).click()
+            counts = []
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                loss = page.evaluate(FIGURE, ["training loss", 0])
+                if loss and len(loss) == 2:  # a fresh single run: train loss + test accuracy
+                    counts.append(loss[0]["n"])
+                    if loss[0]["n"] == 100:
+                        break
+                time.sleep(0.05)
+            assert counts and counts[-1] == 100, counts
+            assert len(set(counts)) >= 2, f"the loss trace should grow while training: {counts}"
+            page.wait_for_function("() => document.body.innerText.includes('done, 100 steps')", timeout=30_000)
+            features = page.evaluate(FIGURE, ["feature change", 0])
+            assert [t["name"] for t in features] == ["layers.0 (input)", "layers.1 (hidden)", "layers.2 (output)"]
+            assert all(t["n"] == 100 for t in features)
+        finally:
+            artifacts = ROOT / "artifacts"
+            artifacts.mkdir(exist_ok=True)
+            page.screenshot(path=str(artifacts / "browser_playground.png"), full_page=False)
+            browser.close()

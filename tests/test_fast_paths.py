@@ -1,0 +1,161 @@
+"""Every fast path equals the dense path in float64, and the optimizer state is the size we claim.
+
+Fast paths (see docs/performance.md): the low-rank reassociation (P_L gout^T)(x P_R), the
+push-through solve for current-batch K-FAC factors, the fused EMA/sum updates (addmm_) and the
+Cholesky-solve inverse.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mupso_lite as ml
+from mupso_lite.optim.linalg import damped_inverse, precondition, pushthrough_precondition
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def dense_kfac(gout, x, n, rho_b, rho_a):
+    """(B + rho_b I)^-1 G (A + rho_a I)^-1 with A = x^T x / R, B = n gout^T gout, G = gout^T x."""
+    A, B, G = x.T @ x / x.shape[0], n * gout.T @ gout, gout.T @ x
+    left = torch.eye(len(B)) if rho_b is None else torch.linalg.inv(B + rho_b * torch.eye(len(B)))
+    return left @ G @ torch.linalg.inv(A + rho_a * torch.eye(len(A)))
+
+
+@pytest.mark.parametrize("rows,out_dim,in_dim", [(6, 20, 30), (40, 20, 30), (25, 20, 30)])
+@pytest.mark.parametrize("foof", [False, True])
+def test_pushthrough_equals_dense(rows, out_dim, in_dim, foof):
+    torch.manual_seed(0)
+    gout, x = torch.randn(rows, out_dim) / rows, torch.randn(rows, in_dim)
+    rho_b = None if foof else 0.03
+    got = pushthrough_precondition(gout, x, rows, rho_b, 0.07)
+    torch.testing.assert_close(got, dense_kfac(gout, x, rows, rho_b, 0.07))
+
+
+@pytest.mark.parametrize("threads", [1, 2])     # cholesky_inverse, then cholesky_solve(I)
+def test_cholesky_inverse_equals_inv(threads):
+    torch.manual_seed(1)
+    a = torch.randn(50, 8)
+    f = a @ a.T                                  # rank 8: the damping makes it invertible
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inv = damped_inverse(f, 0.01)
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(inv, torch.linalg.inv(f + 0.01 * torch.eye(50)))
+    assert inv.is_contiguous()
+
+
+def test_lowrank_precondition_equals_dense_both_orders():
+    torch.manual_seed(2)
+    for rows, out_dim, in_dim in ((4, 30, 20), (50, 30, 20)):   # low-rank taken, then not
+        gout, x = torch.randn(rows, out_dim), torch.randn(rows, in_dim)
+        left, right = torch.randn(out_dim, out_dim), torch.randn(in_dim, in_dim)
+        grad = gout.T @ x
+        torch.testing.assert_close(precondition(left, grad, right, gout, x), left @ grad @ right)
+        torch.testing.assert_close(precondition(left, grad, None, gout, x), left @ grad)
+
+
+def batches(n=5, rows=8, d_in=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(rows, d_in, generator=g), torch.randint(0, 3, (rows,), generator=g)) for _ in range(n)]
+
+
+def train(opt, model, data):
+    for x, y in data:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("width", [4, 32])          # batch 8: R > width, then R < width
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("mode,foof", [("fixed", False), ("pi", False), ("trace", False), ("fixed", True)])
+def test_kfac_pushthrough_step_equals_factor_path(width, bias, mode, foof):
+    data = batches()
+    kw = dict(lr=0.2, damping=0.05, damping_mode=mode, ema_decay=0.0, factor_interval=1,
+              inverse_interval=1, foof=foof)
+    fast_model = ml.MLP(6, 3, width, depth=3, bias=bias, seed=0).double()
+    fast = ml.KFAC(fast_model, **kw)
+    ref_model = ml.MLP(6, 3, width, depth=3, bias=bias, seed=0).double()
+    ref = ml.KFAC(ref_model, **kw)
+    ref._current_batch_only = lambda group: False      # force factors + cached inverses
+    for a, b in zip(train(fast, fast_model, data), train(ref, ref_model, data)):
+        torch.testing.assert_close(a, b)
+    for m, rm in zip(fast_model.layers, ref_model.layers):
+        st, rst = fast.state[m.weight], ref.state[rm.weight]
+        assert "A" not in st and "A_inv" not in st          # nothing M x M is stored
+        assert (st["rho_a"], st["rho_b"]) == pytest.approx((rst["rho_a"], rst["rho_b"]))
+
+
+def test_check_batch_off_gives_the_same_steps():
+    data = batches(seed=3)
+    outs = []
+    for check in (True, False):
+        model = ml.MLP(6, 3, 32, depth=3, seed=0).double()
+        outs.append(train(ml.KFAC(model, lr=0.1, damping=0.1, check_batch=check), model, data))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("beta", [None, 0.9])
+def test_shampoo_fused_statistics_equal_dense_sums(beta):
+    data = batches(n=3, seed=4)
+    model = ml.MLP(6, 3, 32, depth=3, seed=0).double()
+    opt = ml.Shampoo(model.parameters(), lr=0.05, eps=1e-3, beta=beta, update_interval=2, model=model)
+    sums = {}
+    for x, y in data:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        for m in model.layers:
+            g = m.weight.grad
+            L, R = sums.get(m, (0.0, 0.0))
+            if beta is None:
+                sums[m] = (L + g @ g.T, R + g.T @ g)
+            else:
+                sums[m] = (beta * L + (1 - beta) * g @ g.T, beta * R + (1 - beta) * g.T @ g)
+        opt.step()
+    for m in model.layers:
+        torch.testing.assert_close(opt.state[m.weight]["L"], sums[m][0])
+        torch.testing.assert_close(opt.state[m.weight]["R"], sums[m][1])
+
+
+def tensor_bytes(state):
+    return {k: v.numel() * v.element_size() for k, v in state.items() if torch.is_tensor(v)}
+
+
+@pytest.mark.parametrize("name", ["kfac", "foof", "shampoo"])
+def test_state_is_factors_and_inverses_only(name):
+    """Optimizer state per layer = the factors and their inverses (roots), nothing else:
+    (in^2 + out^2) * 2 elements (FOOF: in^2 * 2); no copy of the gradient or the batch."""
+    model = ml.MLP(6, 3, 32, depth=3, bias=False, seed=0).float()
+    opt = ml.make_optimizer(model, name, lr=0.05)
+    torch.set_default_dtype(torch.float32)
+    train(opt, model, [(x.float(), y) for x, y in batches(n=3)])
+    for m in model.layers:
+        out_dim, in_dim = m.weight.shape
+        elements = 2 * (in_dim ** 2 + (0 if name == "foof" else out_dim ** 2))
+        keys = {"kfac": {"A", "B", "A_inv", "B_inv"}, "foof": {"A", "A_inv"},
+                "shampoo": {"L", "R", "L_root", "R_root"}}[name]
+        got = tensor_bytes(opt.state[m.weight])
+        assert set(got) == keys
+        assert sum(got.values()) == elements * 4
+
+
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=0, stride=2), dict(padding=(2, 1), stride=(1, 2)),
+                                dict(padding=1, dilation=2)])
+def test_conv_patches_equal_unfold(kw):
+    from torch import nn
+    from mupso_lite.optim.capture import conv_patches
+    torch.manual_seed(5)
+    m = nn.Conv2d(3, 4, 3, **kw)
+    x = torch.randn(2, 3, 7, 6)
+    u = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)
+    torch.testing.assert_close(conv_patches(m, x), u.transpose(1, 2).reshape(-1, u.shape[1]))
