@@ -159,3 +159,18 @@ def test_conv_patches_equal_unfold(kw):
     x = torch.randn(2, 3, 7, 6)
     u = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)
     torch.testing.assert_close(conv_patches(m, x), u.transpose(1, 2).reshape(-1, u.shape[1]))
+
+
+@pytest.mark.parametrize("kw", [dict(padding=1, padding_mode="reflect"), dict(padding=1, padding_mode="circular"),
+                                dict(padding=(1, 2), padding_mode="replicate", stride=2),
+                                dict(padding=2, padding_mode="reflect", dilation=2), dict(padding="valid")])
+def test_conv_patches_reproduce_the_layer_output(kw):
+    """patches @ W^T is the convolution itself, whatever the padding mode (not only zeros)."""
+    from torch import nn
+    from mupso_lite.optim.capture import conv_patches
+    torch.manual_seed(6)
+    m = nn.Conv2d(3, 4, 3, bias=False, **kw)
+    x = torch.randn(2, 3, 8, 7)
+    out = m(x).detach()
+    rows = conv_patches(m, x) @ m.weight.detach().reshape(4, -1).T
+    torch.testing.assert_close(rows, out.permute(0, 2, 3, 1).reshape(-1, 4))

@@ -114,8 +114,9 @@ class Shampoo(torch.optim.Optimizer):
         if id(p) in self._layer_of and self.capture.ready(self._layer_of[id(p)][0]):
             name, module = self._layer_of[id(p)]
             xs = self.capture.x(name)[:, :-1] if module.bias is not None else self.capture.x(name)
-            if not self.check_batch or matches_batch(grad, self.capture.gout(name), xs):   # the bias is a separate tensor here
-                x, gout = xs, self.capture.gout(name)
+            gout_rows = self.capture.gout(name)   # the bias is a separate tensor here: no ones column
+            if not self.check_batch or matches_batch(grad, gout_rows, xs):
+                x, gout = xs, gout_rows
         if x is not None and x.shape[0] < min(grad.shape):
             xx, gg = x @ x.T, gout @ gout.T                    # R x R Gram matrices of the batch
             self._accumulate_product(st, "L", gout.T @ xx, gout)   # G G^T = gout^T (x x^T) gout
