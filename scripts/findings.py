@@ -1,0 +1,81 @@
+"""Small measurements quoted in README's tuning section and in the project's notes.
+
+    python scripts/findings.py            # about a minute on 2 CPU cores
+
+Prints, for each finding, the numbers it rests on:
+  damping    K-FAC on digits (muP, width 256, lr 0.1): the loss over the first steps for
+             damping 1e-3, 1e-2, 0.1, inverses every step and every 10 steps;
+  fisher     the regression teacher (width 256, lr 0.1): empirical vs MC Fisher;
+  batch      K-FAC with EMA factors (the defaults) vs current-batch factors (ema_decay=0,
+             intervals 1: the push-through path) on digits at width 1024, 200 steps;
+  root       muP-Shampoo with root 1/2 vs 1/4: width exponents on the teacher task.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import mupso_lite as ml
+
+
+def losses(records, every=1):
+    return " ".join(f"{r['loss']:.3g}" for r in records[::every])
+
+
+def damping():
+    digits = ml.datasets.digits()
+    for interval in (1, 10):
+        for rho in (1e-3, 1e-2, 1e-1):
+            model = ml.MLP(64, 10, width=256, base_width=64, seed=0)
+            opt = ml.make_optimizer(model, "kfac", lr=0.1, damping=rho, inverse_interval=interval)
+            recs = ml.run(model, opt, digits, steps=200)
+            print(f"inverse_interval {interval:2d} damping {rho:g}: steps 1-6 {losses(recs[:6])} | "
+                  f"step {recs[-1]['step']} loss {recs[-1]['loss']:.3g} test acc {recs[-1].get('test_accuracy')}")
+
+
+def fisher():
+    reg = ml.datasets.teacher(task="regression")
+    for kind in ("empirical", "mc"):
+        model = ml.MLP(reg.d_in, reg.d_out, width=256, base_width=64, seed=0)
+        recs = ml.run(model, ml.make_optimizer(model, "kfac", lr=0.1, fisher=kind), reg, steps=50)
+        print(f"fisher {kind:9s}: loss every 10 steps {losses(recs, 10)}; last {recs[-1]['loss']:.3g}")
+
+
+def batch():
+    digits = ml.datasets.digits()
+    for name, kw in (("EMA factors (defaults)", {}),
+                     ("current batch (push-through)", dict(ema_decay=0.0, inverse_interval=1))):
+        model = ml.MLP(64, 10, width=1024, base_width=64, seed=0)
+        opt = ml.make_optimizer(model, "kfac", lr=0.1, damping=0.1, **kw)
+        start = time.perf_counter()
+        recs = ml.run(model, opt, digits, steps=200)
+        print(f"{name:30s}: loss {recs[-1]['loss']:.3g} test acc {recs[-1]['test_accuracy']:.3f} "
+              f"({time.perf_counter() - start:.1f} s wall)")
+
+
+def root():
+    data = ml.datasets.teacher()
+
+    def model_fn(width, seed=0):
+        return ml.MLP(data.d_in, data.d_out, width, depth=3, base_width=64, param="mup", seed=seed)
+    for e, eps, mode in ((0.25, 1e-4, "absolute"), (0.5, 1e-4, "absolute"), (0.5, 1e-8, "absolute"),
+                         (0.5, 1e-3, "relative")):
+        cc = ml.coord_check(model_fn, "shampoo", "mup", widths=(64, 128, 256, 512, 1024), steps=2, seeds=(0, 1),
+                            data=data, lr=0.1, damping=eps, root=e, eps_mode=mode, device="cpu")
+        slopes = " | ".join(f"step {s}: " + " / ".join(f"{v:+.2f}" for v in cc.slopes_by_role(s).values())
+                            for s in (1, 2))
+        print(f"root {e} eps {eps:g} {mode:8s} (in / hid / out / f): {slopes}")
+
+
+FINDINGS = {"damping": damping, "fisher": fisher, "batch": batch, "root": root}
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("which", nargs="*", help=f"any of {', '.join(FINDINGS)} (default: all)")
+    which = p.parse_args().which or list(FINDINGS)
+    for name in which:
+        if name not in FINDINGS:
+            p.error(f"which: expected any of {', '.join(FINDINGS)}, got {name!r}")
+    for name in which:
+        print(f"== {name}")
+        FINDINGS[name]()
