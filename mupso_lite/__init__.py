@@ -10,6 +10,7 @@ Data flows one way: scaling -> models, optim -> train -> coord, sweep -> plots -
 """
 from . import data as datasets
 from .coord import CoordCheck, coord_check, fit_slope, theory_slopes
+from .divergence import DivergenceRule
 from .losses import cross_entropy, half_mse
 from .models import CNN, MLP, init_weights, layer_roles, tag_roles
 from .optim import KFAC, Shampoo, make_optimizer
@@ -19,7 +20,7 @@ from .train import FeatureProbe, evaluate, resolve_device, run, train
 
 __version__ = "0.1.0"
 
-__all__ = ["CNN", "CoordCheck", "Dashboard", "FeatureProbe", "KFAC", "MLP", "ROLES", "Rule", "Shampoo",
+__all__ = ["CNN", "CoordCheck", "Dashboard", "DivergenceRule", "FeatureProbe", "KFAC", "MLP", "ROLES", "Rule", "Shampoo",
            "coord_check", "cross_entropy", "datasets", "evaluate", "fit_slope", "half_mse", "init_weights",
            "layer_roles", "layer_scales", "load_results", "make_optimizer", "plots", "resolve_device", "rule",
            "run", "scaling_table", "sweep", "tag_roles", "theory_slopes", "train"]

@@ -75,6 +75,17 @@ class CoordCheck:
         return f"<p><b>{self.label}</b> {self.verdict()}</p>" + table.to_html(float_format="%+.2f")
 
 
+def _checked_model(model_fn, width: int, seed):
+    """model_fn(width, seed), refused unless it is a role-tagged model of that width."""
+    model = _call_model_fn(model_fn, width, seed)
+    layer_roles(model)
+    got = getattr(model, "mup_width", None)
+    if got != width:
+        raise ValueError(f"model_fn: called with width {width}, it returned a model of width {got} "
+                         "(model.mup_width); build the model at the width it is given")
+    return model
+
+
 def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup",
                 widths: Sequence[int] = (64, 128, 256, 512, 1024, 2048), steps: int | Sequence[int] = 3,
                 seeds: Sequence[int] = (0, 1, 2), data="teacher", lr: float = 0.1,
@@ -98,8 +109,8 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
     if not callable(model_fn):
         raise TypeError(f"model_fn: expected a callable width -> model, got {type(model_fn).__name__}")
     widths = [check_positive("widths", w, integer=True) for w in widths]
-    if len(widths) < 2:
-        raise ValueError(f"widths: expected at least two widths to fit an exponent, got {widths!r}")
+    if len(set(widths)) < 2 or len(set(widths)) != len(widths):
+        raise ValueError(f"widths: expected at least two distinct widths to fit an exponent, got {widths!r}")
     if isinstance(steps, int) and not isinstance(steps, bool):
         check_positive("steps", steps, integer=True)
     record_steps = list(range(1, steps + 1)) if isinstance(steps, int) else sorted(set(steps))
@@ -107,6 +118,7 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
         raise ValueError(f"steps: expected a positive integer or a non-empty list of steps, got {steps!r}")
     for s in record_steps:
         check_positive("steps", s, integer=True)
+    seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds: expected at least one seed, got an empty sequence")
     if isinstance(data, str):
@@ -115,10 +127,12 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
     if not callable(optimizer):
         from .scaling import OPTIMIZERS, check_choice
         check_choice("optimizer", optimizer, OPTIMIZERS)
+    first = {width: _checked_model(model_fn, width, seeds[0]) for width in widths}  # before any training
     rows = []
     for width in widths:
         for seed in seeds:
-            model = _call_model_fn(model_fn, width, seed)
+            model = first.pop(width, None) if seed == seeds[0] else None
+            model = model if model is not None else _checked_model(model_fn, width, seed)
             roles = {name: role for name, _, role in layer_roles(model)}
             opt = optimizer(model) if callable(optimizer) else \
                 make_optimizer(model, optimizer, lr=lr, damping=damping, param=param, **options)
@@ -164,7 +178,7 @@ def _call_model_fn(model_fn, width, seed):
     return model_fn(width, seed=seed) if accepts_seed else model_fn(width)
 
 
-# One-step, batch-of-one predictions of the width exponent of the feature change (science.md):
+# One-step, batch-of-one predictions of the width exponent of the feature change (Ishikawa & Karakida 2024):
 # SGD  dh = -lr delta |x|^2,  K-FAC  dh = -lr delta |x|^2 / ((|delta|^2 + rho_B)(|x|^2 + rho_A)),
 # Shampoo  dh = -lr (delta/|delta|) |x|,  Adam  dW ~ lr sign(.) so dh ~ lr * fan_in.
 # SP init: delta ~ M^(-1/2) per entry below the output layer, |x|^2 ~ M above the input layer.
@@ -182,12 +196,12 @@ _THEORY = {
 
 def theory_slopes(param: str, optimizer: str, damping_mode: str = "table") -> dict | None:
     """Predicted width exponents {input, hidden, output, f} of the feature change after one
-    step at a width-independent base lr, or None where the notes derive none.
+    step at a width-independent base lr, or None where the one-step argument gives none.
 
     muP with the table (any optimizer): 0 everywhere. SP: SGD (-1/2, 1/2, 1), Adam (0, 1, 1),
     K-FAC (-1/2, -1/2, 0), Shampoo (-1/2, 0, 1/2). muP K-FAC damping: "fixed" (-1, -1, 0),
     "pi" (-1, 0, 0), "trace" (0, 0, 0). These are asymptotic (M -> infinity); at finite widths
-    a small damping moves a measured slope part of the way (science.md: fixed gives -0.67).
+    a small damping moves a measured slope part of the way (docs/results.md: fixed gives about -0.67).
     """
     from .scaling import OPTIMIZERS, PARAMS, check_choice
     param, optimizer = check_choice("param", param, PARAMS), check_choice("optimizer", optimizer, OPTIMIZERS)

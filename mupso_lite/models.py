@@ -78,7 +78,8 @@ def init_weights(model: nn.Module, param: str = "mup", optimizer: str = "sgd", s
     return model
 
 
-def _check_common(width, base_width, depth, param, optimizer, activation, d_in, d_out):
+def _check_common(width, base_width, depth, param, optimizer, activation, d_in, d_out, sigma):
+    check_positive("sigma", sigma)
     check_positive("width", width, integer=True)
     check_positive("base_width", base_width, integer=True)
     check_positive("d_in", d_in, integer=True)
@@ -104,7 +105,7 @@ class MLP(nn.Module):
                  sigma: float = 1.0, zero_readout: bool = False, seed: int | None = 0):
         super().__init__()
         base_width = width if base_width is None else base_width
-        _check_common(width, base_width, depth, param, optimizer, activation, d_in, d_out)
+        _check_common(width, base_width, depth, param, optimizer, activation, d_in, d_out, sigma)
         self.param, self.optimizer = check_choice("param", param, ("sp", "mup")), optimizer.lower()
         sizes = [d_in] + [width] * (depth - 1) + [d_out]
         self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes[:-1], sizes[1:]))
@@ -133,9 +134,11 @@ class CNN(nn.Module):
                  zero_readout: bool = False, seed: int | None = 0):
         super().__init__()
         base_width = width if base_width is None else base_width
-        if not (isinstance(image_shape, (tuple, list)) and len(image_shape) == 3):
-            raise ValueError(f"image_shape: expected (channels, height, width), got {image_shape!r}")
-        _check_common(width, base_width, depth, param, optimizer, activation, image_shape[0], d_out)
+        if not (isinstance(image_shape, (tuple, list)) and len(image_shape) == 3) or any(
+                isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in image_shape):
+            raise ValueError(f"image_shape: expected (channels, height, width) as three positive integers, "
+                             f"got {image_shape!r}")
+        _check_common(width, base_width, depth, param, optimizer, activation, image_shape[0], d_out, sigma)
         check_positive("kernel_size", kernel_size, integer=True)
         self.param, self.optimizer = param.lower(), optimizer.lower()
         self.image_shape = tuple(int(s) for s in image_shape)

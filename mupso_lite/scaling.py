@@ -9,7 +9,7 @@ A *parametrization* is a table of exponents of the width M, one per layer role
 
 so at M == M0 every parametrization equals SP and hyperparameters tuned on the narrow
 base model are the ones the wide model uses (Ishikawa & Karakida, ICLR 2024, Table 1;
-the one-step derivation is in ``shared/science.md`` and in notebook 02).
+the one-step derivation is in notebook 02).
 
     init std   sigma / sqrt(fan_in at M0) * factor(b)       (b: init exponent)
     lr         lr * factor(c)                                (c: lr exponent)

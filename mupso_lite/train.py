@@ -11,6 +11,7 @@ as the width grows.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Callable, Iterator
@@ -18,16 +19,27 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from .divergence import DivergenceRule, hint_for
 from .losses import loss_function
 from .models import layer_roles
 from .scaling import check_positive
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA when present, else CPU; anything else as torch.device."""
+    """"auto" -> CUDA when present, else CPU; anything else as torch.device, checked to exist."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: got {device!r}, but no CUDA device is available here; use 'auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device: got {device!r}, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
+    return dev
 
 
 class FeatureProbe:
@@ -61,6 +73,54 @@ class FeatureProbe:
         return {n: rms(h[n], self.h0[n]) for n in self.names}, rms(f, self.f0)
 
 
+def check_training_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, data) -> None:
+    """Raise a clear error, before any work, when model, optimizer and data do not fit together:
+    empty or non-finite data, labels that do not match the inputs, an optimizer built for
+    another model, or a model whose input/output size differs from the data's d_in/d_out."""
+    layer_roles(model)  # a model without roles
+    x, y = data.x_train, data.y_train
+    for arg, t in (("data.x_train", x), ("data.y_train", y)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{arg}: expected a torch.Tensor, got {type(t).__name__}")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"data.x_train: expected a non-empty (n, d_in) tensor, got shape {tuple(x.shape)}")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"data.y_train: expected {x.shape[0]} targets (one per input), got {y.shape[0]}")
+    if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+        raise ValueError("data.x_train: expected finite floating-point inputs, got "
+                         f"{'non-finite values (NaN or Inf)' if x.is_floating_point() else x.dtype}")
+    if data.task == "classification":
+        if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.dim() != 1:
+            raise TypeError(f"data.y_train: expected integer class labels of shape (n,) for classification, "
+                            f"got {y.dtype} of shape {tuple(y.shape)}")
+        if int(y.min()) < 0 or int(y.max()) >= data.d_out:
+            raise ValueError(f"data.y_train: expected labels in 0..{data.d_out - 1} (d_out={data.d_out}), "
+                             f"got labels in {int(y.min())}..{int(y.max())}")
+    elif not y.is_floating_point() or not bool(torch.isfinite(y).all()):
+        raise ValueError(f"data.y_train: expected finite float regression targets, got {y.dtype}"
+                         + ("" if not y.is_floating_point() else " with NaN or Inf"))
+    own = {id(p) for p in model.parameters()}
+    foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in own)
+    if foreign:
+        raise ValueError(f"optimizer: expected an optimizer over this model's parameters, got one holding "
+                         f"{foreign} parameter(s) of another model; build it with ml.make_optimizer(model, ...)")
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x[:2].to(p.device, p.dtype))
+    except RuntimeError as e:
+        raise ValueError(f"data: its inputs (d_in={data.d_in}, shape {tuple(x.shape[1:])}) do not fit the "
+                         f"model's input layer ({str(e).splitlines()[0]})") from None
+    finally:
+        model.train(was_training)
+    want = data.d_out if data.task == "classification" else (y.shape[1] if y.dim() == 2 else 1)
+    if out.shape[-1] != want:
+        raise ValueError(f"data: expected a model with {want} outputs (d_out of {data.name!r}), "
+                         f"got a model with {out.shape[-1]}")
+
+
 def _resolve_data(data):
     if isinstance(data, str):
         from .data import load
@@ -74,16 +134,20 @@ def _resolve_data(data):
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", steps: int = 100,
           batch_size: int = 64, probe_size: int = 64, eval_every: int | None = None, seed: int = 0,
-          device: str = "auto", callback: Callable | None = None, stop=None) -> Iterator[dict]:
+          device: str = "auto", callback: Callable | None = None, stop=None,
+          divergence: DivergenceRule | None = DivergenceRule()) -> Iterator[dict]:
     """Train ``model`` with ``optimizer`` and yield one record (a dict) per step:
 
     step, loss, accuracy (training batch; classification only), feature_change
     ({layer: rms}), output_change, seconds (since start), test_loss / test_accuracy (every
-    ``eval_every`` steps and at the last step), diverged, message.
+    ``eval_every`` steps and at the last step), diverged, message, hint.
 
     Stops early when ``callback(record)`` returns True or ``stop`` (a threading.Event or a
-    callable) is set. A non-finite loss yields a last record with ``diverged=True`` and
-    ``message="diverged at step k"``; it does not raise.
+    callable) is set. A run that diverges (``mupso_lite.divergence``: a non-finite loss, or
+    a loss above 10x its start for 5 steps) yields a last record with ``diverged=True``,
+    ``message="diverged at step k: ..."`` and ``hint`` (what to change); it does not raise,
+    and no update is taken on the diverged loss. ``divergence=None`` flags only non-finite
+    losses. Bad arguments raise before the first step.
     """
     check_positive("steps", steps, integer=True)
     check_positive("batch_size", batch_size, integer=True)
@@ -92,8 +156,11 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", ste
         check_positive("eval_every", eval_every, integer=True)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if divergence is not None and not isinstance(divergence, DivergenceRule):
+        raise TypeError(f"divergence: expected an ml.DivergenceRule or None, got {type(divergence).__name__}")
+    rule = dataclasses.replace(divergence if divergence is not None else DivergenceRule(math.inf, 1))
     data = _resolve_data(data)
-    layer_roles(model)  # a clear error for a model without roles, before any work
+    check_training_inputs(model, optimizer, data)
     dev = resolve_device(device)
     dtype = next(model.parameters()).dtype
     model.to(dev)
@@ -120,9 +187,10 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", ste
         model.train()
         out = model(x)
         loss = loss_fn(out, y)
-        record = {"step": step, "loss": float(loss.detach()), "diverged": False, "message": ""}
-        if not math.isfinite(record["loss"]):
-            record.update(diverged=True, message=f"diverged at step {step}",
+        record = {"step": step, "loss": float(loss.detach()), "diverged": False, "message": "", "hint": ""}
+        message = rule.check(step, record["loss"])
+        if message is not None:   # stop before an update on a diverged loss
+            record.update(diverged=True, message=message, hint=hint_for(optimizer),
                           seconds=time.perf_counter() - start)
             yield record
             return
@@ -135,7 +203,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", ste
             record["accuracy"] = float((out.argmax(1) == y).float().mean())
         record["feature_change"], record["output_change"] = probe.change()
         if not all(map(math.isfinite, [record["output_change"], *record["feature_change"].values()])):
-            record.update(diverged=True, message=f"diverged at step {step}")
+            record.update(diverged=True, message=f"diverged at step {step}: a feature change is not finite",
+                          hint=hint_for(optimizer))
         if (eval_every and step % eval_every == 0) or step == steps:
             record.update(evaluate(model, data, loss_fn, dev, dtype))
         record["seconds"] = time.perf_counter() - start

@@ -87,7 +87,7 @@ def test_fit_slope():
 
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(model_fn=3), TypeError, "model_fn: expected a callable"),
-    (dict(widths=(64,)), ValueError, "widths: expected at least two widths"),
+    (dict(widths=(64,)), ValueError, "widths: expected at least two distinct widths"),
     (dict(widths=(64, 0)), ValueError, "widths: expected a positive integer, got 0"),
     (dict(seeds=()), ValueError, "seeds: expected at least one seed"),
     (dict(steps=0), ValueError, "steps: expected a positive integer"),

@@ -27,8 +27,9 @@ def make_optimizer(model: nn.Module, name: str, lr: float, damping: float | None
         name: "sgd", "adam", "kfac", "shampoo" or "foof".
         lr: the base learning rate (the one tuned at the base width).
         damping: K-FAC/FOOF rho or Shampoo eps at the base width (ignored by sgd and adam).
-        param: "sp" or "mup" (default: the model's own, else "mup").
-        base_width: M0 (default: the model's).
+        param: "sp" or "mup" (default: the model's own, else "mup"); a value that differs
+            from the model's own is refused.
+        base_width: M0 (default: the model's; a different value is refused).
         options: passed to the optimizer. For K-FAC and FOOF, ``damping_mode`` is one of
             "table" (default: rho_A, rho_B scaled per layer by the table), "fixed" (rho at
             every width, the unscaled baseline), "pi" or "trace". For Shampoo, ``eps_mode``
@@ -40,8 +41,17 @@ def make_optimizer(model: nn.Module, name: str, lr: float, damping: float | None
     if damping is None:
         damping = DEFAULT_DAMPING.get(name, 0.0)
     check_positive("damping", damping, allow_zero=True)
-    param = check_choice("param", param if param is not None else getattr(model, "param", "mup"), PARAMS)
     layers = layer_roles(model)  # raises a clear error for a model without roles
+    own_param = getattr(model, "param", None)
+    param = check_choice("param", param if param is not None else own_param or "mup", PARAMS)
+    if own_param is not None and param != own_param:
+        raise ValueError(f"param: the model was initialized with param={own_param!r}, got param={param!r}; "
+                         "init and learning rates must come from the same row of the table (omit param= "
+                         "to use the model's)")
+    own_base = getattr(model, "mup_base_width", None)
+    if base_width is not None and own_base is not None and base_width != own_base:
+        raise ValueError(f"base_width: the model was built with base_width={own_base}, got base_width="
+                         f"{base_width!r}; omit base_width= to use the model's")
     width, base_width = model_widths(model, None, base_width)
     root = options.get("root", 0.25)
     lr_rule = name

@@ -15,6 +15,9 @@ wrong: when one backward pass reaches the same layer twice, ``ready`` raises an 
 """
 from __future__ import annotations
 
+import weakref
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,40 +28,48 @@ class LayerCapture:
 
     Every grad-enabled call of a layer is recorded since the last root-model forward (or
     ``clear``); the tensor hook on its output fills in that call's output gradient.
+
+    No reference cycles: the module hooks hold this object only weakly (the optimizer owns
+    it), and a tensor hook holds neither its tensor nor this object, only a small slot for
+    the gradient. A cycle through a tensor's own hook is one Python's garbage collector
+    cannot free, and it would keep every step's activations alive. ``remove()`` detaches
+    the hooks; the owning optimizer calls it when it is deleted.
     """
 
     def __init__(self, model: nn.Module, layers: dict):
-        self.layers = layers
-        self.calls: dict = {name: [] for name in layers}
-        self.enabled = True
-        self.grad_target = "gout"  # where tensor hooks store: "gout" or "ignore"
-        self._handles = [model.register_forward_pre_hook(lambda m, i: self.clear())]
         for name, module in layers.items():
             if isinstance(module, nn.Conv2d) and module.groups != 1:
                 raise ValueError(f"model: layer {name!r} is a grouped Conv2d (groups={module.groups}); "
                                  "K-FAC/Shampoo capture supports groups=1 only")
-            self._handles.append(module.register_forward_hook(self._hook(name)))
+        self.layers = layers
+        self.calls: dict = {name: [] for name in layers}
+        self.enabled = True
+        self.grad_target = "gout"  # where tensor hooks store: "gout" or "ignore"
+        me = weakref.ref(self)
+        self._handles = [model.register_forward_pre_hook(partial(_clear_hook, me))]
+        for name, module in layers.items():
+            self._handles.append(module.register_forward_hook(partial(_record_hook, me, name)))
 
-    def _hook(self, name):
-        def forward_hook(module, inputs, output):
-            if not (self.enabled and torch.is_grad_enabled() and output.requires_grad):
-                return
-            x = inputs[0].detach()
-            call = {"x": layer_inputs(module, x), "n": x.shape[0], "out": output, "gout": None}
-            self.calls[name].append(call)
-
-            def grad_hook(g, call=call):
-                if self.grad_target == "gout":
-                    call["gout"] = output_rows(module, g.detach())
-            output.register_hook(grad_hook)
-        return forward_hook
+    def record(self, name: str, module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> None:
+        """Keep one call's inputs and output; a hook on the output fills in its gradient."""
+        if not (self.enabled and torch.is_grad_enabled() and output.requires_grad):
+            return
+        x = x.detach()
+        slot = _GradSlot(weakref.ref(self), isinstance(module, nn.Conv2d))
+        self.calls[name].append({"x": layer_inputs(module, x), "n": x.shape[0], "out": output, "slot": slot})
+        output.register_hook(slot)
 
     def _backpropagated(self, name: str) -> dict | None:
-        done = [c for c in self.calls[name] if c["gout"] is not None]
+        done = [c for c in self.calls[name] if c["slot"].gout is not None]
         if len(done) > 1:
             raise RuntimeError(f"layer {name!r} was called twice in one forward pass; K-FAC and "
                                "Shampoo factors assume each weight layer is used once")
         return done[0] if done else None
+
+    def check_single_use(self) -> None:
+        """Raise (before an optimizer changes anything) if any layer was called twice."""
+        for name in self.layers:
+            self._backpropagated(name)
 
     def ready(self, name: str) -> bool:
         """True when the layer's inputs and output gradient of one forward/backward are here."""
@@ -68,7 +79,7 @@ class LayerCapture:
         return self._backpropagated(name)["x"]
 
     def gout(self, name: str) -> torch.Tensor:
-        return self._backpropagated(name)["gout"]
+        return self._backpropagated(name)["slot"].gout
 
     def batch_size(self, name: str) -> int:
         return self._backpropagated(name)["n"]
@@ -83,6 +94,34 @@ class LayerCapture:
     def remove(self):
         for h in self._handles:
             h.remove()
+        self._handles = []
+        self.clear()
+
+
+def _clear_hook(capture_ref, module, inputs):
+    capture = capture_ref()
+    if capture is not None:
+        capture.clear()
+
+
+def _record_hook(capture_ref, name, module, inputs, output):
+    capture = capture_ref()
+    if capture is not None:
+        capture.record(name, module, inputs[0], output)
+
+
+class _GradSlot:
+    """The tensor hook of one layer call: stores that call's output-gradient rows."""
+
+    __slots__ = ("capture_ref", "conv", "gout")
+
+    def __init__(self, capture_ref, conv: bool):
+        self.capture_ref, self.conv, self.gout = capture_ref, conv, None
+
+    def __call__(self, g: torch.Tensor) -> None:
+        capture = self.capture_ref()
+        if capture is not None and capture.grad_target == "gout":
+            self.gout = gradient_rows(g.detach(), self.conv)
 
 
 def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +161,11 @@ def conv_patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 def output_rows(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
     """Rows of output gradients matching ``layer_inputs``: (N*H'*W') x out for Conv2d."""
-    if isinstance(module, nn.Conv2d):
+    return gradient_rows(g, isinstance(module, nn.Conv2d))
+
+
+def gradient_rows(g: torch.Tensor, conv: bool) -> torch.Tensor:
+    if conv:
         return g.flatten(2).transpose(1, 2).reshape(-1, g.shape[1])
     return g.reshape(-1, g.shape[-1])
 

@@ -38,6 +38,7 @@ from the model (call ``opt.sample_fisher(outputs)`` between the forward and back
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import nn
@@ -46,6 +47,7 @@ from ..losses import LOSSES, loss_function, sample_targets
 from ..models import layer_roles
 from ..scaling import check_choice, check_positive
 from .capture import LayerCapture, output_rows, weight_matrix
+from .checkpoint import check_loadable, stamp
 from .linalg import damped_inverse, matches_batch, precondition, pushthrough_precondition
 
 DAMPING_MODES = ("fixed", "pi", "trace")
@@ -110,6 +112,7 @@ class KFAC(torch.optim.Optimizer):
                                  f"layer of the model (layers: {list(self.modules_by_name)})")
             check_positive("lr", g["lr"])
         self.capture = LayerCapture(model, self.modules_by_name)
+        weakref.finalize(self, self.capture.remove)  # deleting the optimizer detaches its hooks
         self._fisher_gout: dict = {}
         self._steps = 0
 
@@ -144,6 +147,7 @@ class KFAC(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_captured()   # every check before the first parameter changes
         for group in self.param_groups:
             if group["layer"] is None:
                 self._sgd_step(group)
@@ -163,9 +167,6 @@ class KFAC(torch.optim.Optimizer):
         k = st.get("step", 0)
         grad = weight_matrix(module)
         captured = self.capture.ready(name)
-        if not captured and k % self.factor_interval == 0:
-            raise RuntimeError(f"K-FAC: no captured inputs/output gradients for layer {name!r}; run "
-                               "the forward and backward pass with gradients enabled before step()")
         x, gout = (self.capture.x(name), self.capture.gout(name)) if captured else (None, None)
         lowrank = captured and (not self.check_batch or matches_batch(grad, gout, x))
         if lowrank and self._current_batch_only(group):
@@ -182,6 +183,19 @@ class KFAC(torch.optim.Optimizer):
             update = buf.mul_(group["momentum"]).add_(update)
         self._apply(module, update, group)
         st["step"] = k + 1
+
+    def _check_captured(self) -> None:
+        """Each layer with a gradient was used once, and its inputs and output gradients
+        are here when this step refreshes its factors."""
+        self.capture.check_single_use()
+        for group in self.param_groups:
+            name = group["layer"]
+            if name is None or self.modules_by_name[name].weight.grad is None:
+                continue
+            k = self.state[self.modules_by_name[name].weight].get("step", 0)
+            if not self.capture.ready(name) and k % self.factor_interval == 0:
+                raise RuntimeError(f"K-FAC: no captured inputs/output gradients for layer {name!r}; run "
+                                   "the forward and backward pass with gradients enabled before step()")
 
     def _current_batch_only(self, group) -> bool:
         """Factors and inverses are exactly the current batch's every step (no EMA, intervals 1),
@@ -279,12 +293,14 @@ class KFAC(torch.optim.Optimizer):
     def state_dict(self):
         sd = super().state_dict()
         sd["kfac_steps"] = self._steps
-        return sd
+        return stamp(self, sd)
 
     def load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        self._steps = state_dict.pop("kfac_steps", 0)
+        """Load a state saved by a K-FAC over the same layers and shapes (else ValueError)."""
+        state_dict = check_loadable(self, state_dict)
+        steps = state_dict.pop("kfac_steps", 0)
         super().load_state_dict(state_dict)
+        self._steps = steps
 
     def remove_hooks(self):
         """Detach the capture hooks from the model (the optimizer cannot step afterwards)."""

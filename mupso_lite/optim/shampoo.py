@@ -27,12 +27,15 @@ the batch is smaller than the width. Results equal the dense path.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
 from ..models import layer_roles
 from ..scaling import check_choice, check_positive
 from .capture import LayerCapture
+from .checkpoint import check_loadable, stamp
 from .linalg import inverse_root, matches_batch, precondition
 
 
@@ -66,6 +69,9 @@ class Shampoo(torch.optim.Optimizer):
             raise ValueError(f"beta: expected None (running sums) or a number in [0, 1), got {beta!r}")
         if grafting is not None:
             grafting = check_choice("grafting", grafting, ("sgd", "adam"))
+        if isinstance(graft_beta2, bool) or not isinstance(graft_beta2, (int, float)) \
+                or not 0.0 <= graft_beta2 < 1.0:
+            raise ValueError(f"graft_beta2: expected a number in [0, 1), got {graft_beta2!r}")
         check_positive("momentum", momentum, allow_zero=True)
         check_positive("weight_decay", weight_decay, allow_zero=True)
         defaults = dict(lr=lr, eps=eps, momentum=momentum, weight_decay=weight_decay)
@@ -77,6 +83,7 @@ class Shampoo(torch.optim.Optimizer):
             layers = {name: m for name, m, _ in layer_roles(model)}
             self._layer_of = {id(m.weight): (name, m) for name, m in layers.items()}
             self.capture = LayerCapture(model, layers)
+            weakref.finalize(self, self.capture.remove)  # deleting the optimizer detaches its hooks
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -84,6 +91,8 @@ class Shampoo(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.capture is not None:
+            self.capture.check_single_use()
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -162,6 +171,13 @@ class Shampoo(torch.optim.Optimizer):
         v.mul_(self.graft_beta2).addcmul_(grad, grad, value=1 - self.graft_beta2)
         v_hat = v / (1 - self.graft_beta2 ** (k + 1))
         return torch.linalg.vector_norm(grad / (v_hat.sqrt() + 1e-8))
+
+    def state_dict(self):
+        return stamp(self, super().state_dict())
+
+    def load_state_dict(self, state_dict):
+        """Load a state saved by a Shampoo over the same layers and shapes (else ValueError)."""
+        super().load_state_dict(check_loadable(self, state_dict))
 
     def remove_hooks(self):
         """Detach the capture hooks of ``model=`` (the dense path stays)."""
