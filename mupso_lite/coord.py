@@ -12,7 +12,7 @@ slopes (blow-up). K-FAC with unscaled damping: negative slopes (features freeze)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -39,6 +39,7 @@ class CoordCheck:
     frame: "object"      # pandas DataFrame: width, seed, step, layer, role, feature_change, output_change
     exponents: "object"  # pandas DataFrame: step, layer, role, slope
     label: str = ""
+    diverged: list = field(default_factory=list)  # {width, seed, step, message, hint} per diverged run
 
     def slopes(self, step: int | None = None) -> dict:
         """{layer: slope} at ``step`` (default: the last recorded step)."""
@@ -56,7 +57,8 @@ class CoordCheck:
 
     def verdict(self, step: int | None = None, tol: float = STABLE) -> str:
         """A plain sentence: width-stable, or which layers grow / freeze like which power of M."""
-        parts = []
+        parts = [f"diverged at width {d['width']} (seed {d['seed']}, step {d['step']}): {d['hint']}"
+                 for d in self.diverged]
         for layer, s in self.slopes(step).items():
             if not math.isfinite(s):
                 parts.append(f"layer {layer} has no finite exponent (diverged or zero change)")
@@ -128,7 +130,7 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
         from .scaling import OPTIMIZERS, check_choice
         check_choice("optimizer", optimizer, OPTIMIZERS)
     first = {width: _checked_model(model_fn, width, seeds[0]) for width in widths}  # before any training
-    rows = []
+    rows, diverged = [], []
     for width in widths:
         for seed in seeds:
             model = first.pop(width, None) if seed == seeds[0] else None
@@ -139,6 +141,8 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
             for rec in train(model, opt, data, steps=max(record_steps), batch_size=batch_size,
                              seed=seed, device=device):
                 if rec["diverged"]:
+                    diverged.append(dict(width=width, seed=seed, step=rec["step"], message=rec["message"],
+                                         hint=rec["hint"]))
                     break
                 if rec["step"] in record_steps:
                     for layer, fc in rec["feature_change"].items():
@@ -149,7 +153,8 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
                 opt.remove_hooks()
     frame = pd.DataFrame(rows, columns=["width", "seed", "step", "layer", "role", "feature_change",
                                         "output_change"])
-    return CoordCheck(frame, exponents_of(frame), label=f"{param}/{optimizer if isinstance(optimizer, str) else 'custom'}")
+    return CoordCheck(frame, exponents_of(frame), label=f"{param}/{optimizer if isinstance(optimizer, str) else 'custom'}",
+                      diverged=diverged)
 
 
 def exponents_of(frame) -> "object":

@@ -267,3 +267,12 @@ def test_a_layer_used_twice_is_refused_before_any_update(name):
     with pytest.raises(RuntimeError, match=r"layer 'hid' was called twice in one forward pass"):
         opt.step()
     assert unchanged(model, before)  # the input layer, stepped first, did not move either
+
+
+def test_coord_check_reports_diverged_runs_with_the_hint():
+    cc = ml.coord_check(lambda w: ml.MLP(64, 10, w, base_width=32, param="sp"), "sgd", "sp", widths=(32, 64),
+                        steps=(1, 30), seeds=(0,), data=DIGITS, lr=100.0, device="cpu")
+    assert [d["width"] for d in cc.diverged] == [32, 64]
+    assert all(d["message"].startswith("diverged at step") for d in cc.diverged)
+    assert cc.verdict().startswith("diverged at width 32 (seed 0, step ")
+    assert "lower the learning rate" in cc.verdict()
