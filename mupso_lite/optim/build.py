@@ -19,7 +19,8 @@ KFAC_DAMPING = ("table", "fixed", "pi", "trace")
 
 
 def make_optimizer(model: nn.Module, name: str, lr: float, damping: float | None = None,
-                   param: str | None = None, base_width: int | None = None, **options):
+                   param: str | None = None, base_width: int | None = None, allow_mixed: bool = False,
+                   **options):
     """An optimizer for ``model`` with per-layer lr (and damping) from the scaling table.
 
     Args:
@@ -28,8 +29,10 @@ def make_optimizer(model: nn.Module, name: str, lr: float, damping: float | None
         lr: the base learning rate (the one tuned at the base width).
         damping: K-FAC/FOOF rho or Shampoo eps at the base width (ignored by sgd and adam).
         param: "sp" or "mup" (default: the model's own, else "mup"); a value that differs
-            from the model's own is refused.
+            from the model's own is refused unless ``allow_mixed=True``.
         base_width: M0 (default: the model's; a different value is refused).
+        allow_mixed: take learning rates (and damping) from ``param``'s row although the model
+            was initialized from another row: an experiment, e.g. muP init with SP's one lr.
         options: passed to the optimizer. For K-FAC and FOOF, ``damping_mode`` is one of
             "table" (default: rho_A, rho_B scaled per layer by the table), "fixed" (rho at
             every width, the unscaled baseline), "pi" or "trace". For Shampoo, ``eps_mode``
@@ -44,10 +47,10 @@ def make_optimizer(model: nn.Module, name: str, lr: float, damping: float | None
     layers = layer_roles(model)  # raises a clear error for a model without roles
     own_param = getattr(model, "param", None)
     param = check_choice("param", param if param is not None else own_param or "mup", PARAMS)
-    if own_param is not None and param != own_param:
+    if own_param is not None and param != own_param and not allow_mixed:
         raise ValueError(f"param: the model was initialized with param={own_param!r}, got param={param!r}; "
                          "init and learning rates must come from the same row of the table (omit param= "
-                         "to use the model's)")
+                         "to use the model's, or pass allow_mixed=True for a deliberate mix)")
     own_base = getattr(model, "mup_base_width", None)
     if base_width is not None and own_base is not None and base_width != own_base:
         raise ValueError(f"base_width: the model was built with base_width={own_base}, got base_width="

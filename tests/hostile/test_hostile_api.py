@@ -138,6 +138,8 @@ def test_make_optimizer_refuses_a_param_the_model_was_not_built_with():
     with pytest.raises(ValueError, match=r"param: the model was initialized with param='mup', got param='sp'"):
         ml.make_optimizer(model, "kfac", lr=0.1, param="sp")
     ml.make_optimizer(model, "kfac", lr=0.1, param="mup")  # agreeing is fine
+    mixed = ml.make_optimizer(model, "kfac", lr=0.1, param="sp", allow_mixed=True)  # a deliberate mix
+    assert [g["damping_a"] for g in mixed.param_groups] == [0.1, 0.1, 0.1]   # SP: damping not scaled
 
 
 def test_make_optimizer_refuses_another_base_width():
