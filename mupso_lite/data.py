@@ -6,16 +6,20 @@ restricted unpickler) load from folders the user already has; nothing is downloa
 """
 from __future__ import annotations
 
-import gzip
+import math
 import pickle
 import random
+import reprlib
 import struct
+import zlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .safe_pickle import BatchUnpickler, RefusedPickleError, RestrictedUnpickler, UnsafePickleError  # noqa: F401
 
 TASKS = ("classification", "regression")
 
@@ -138,27 +142,61 @@ def mnist1d(seed: int = 0, num_samples: int = 5000, train_split: float = 0.8) ->
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 IDX_LAYOUT = ", ".join(IDX_FILES) + " (each plain or with .gz)"
+_GZIP_MAX_RATIO = 1032      # deflate never expands data more than ~1032-fold
+_GZIP_CHUNK = 1 << 20
 
 
-def _read_idx(folder: Path, stem: str, ndim: int) -> np.ndarray:
-    """Read one unsigned-byte IDX file (plain or .gz) into a uint8 array of its dims."""
+def _gunzip(raw: bytes, limit: int) -> bytearray:
+    """The gzip members in ``raw``, decompressed piece by piece; stops after ``limit + 1`` bytes,
+    so a bomb is never expanded. Raises zlib.error / EOFError on corrupt or truncated data."""
+    out = bytearray()
+    while True:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        tail = raw
+        while not d.eof:
+            piece = d.decompress(tail, min(_GZIP_CHUNK, limit + 1 - len(out)))
+            out += piece
+            if len(out) > limit:
+                return out
+            if not piece and not d.eof and len(d.unconsumed_tail) == len(tail):
+                raise EOFError("compressed data ends before the end of the gzip stream")
+            tail = d.unconsumed_tail
+        raw = d.unused_data.lstrip(b"\0")     # further members; trailing zero padding is allowed
+        if not raw:
+            return out
+
+
+def _read_idx(folder: Path, stem: str, ndim: int) -> tuple[np.ndarray, Path]:
+    """(uint8 array of the header's dims, path) of one unsigned-byte IDX file, plain or .gz.
+
+    The header (magic 0x0000 08 ndim, ndim big-endian uint32 dims) is checked against the file's
+    size before the data is read or decompressed; a .gz file is never expanded past its header's size.
+    """
     layout = f"expected {folder} to hold {IDX_LAYOUT}"
     path = next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
     if path is None:
         raise FileNotFoundError(f"missing IDX file {folder / stem}[.gz]; {layout}")
+    start, gz = 4 + 4 * ndim, path.suffix == ".gz"
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{path}: cannot read gzip data ({e}); {layout}") from e
-    start = 4 + 4 * ndim
-    if len(raw) < start or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] != ndim:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file with {ndim} dimension(s) "
-                         f"(magic 0x{0x800 + ndim:08x}, got header {raw[:4].hex()}); {layout}")
-    dims = struct.unpack(f">{ndim}I", raw[4:start])
-    if len(raw) - start != int(np.prod(dims)):
-        raise ValueError(f"{path}: header dims {dims} need {int(np.prod(dims))} bytes of data, "
-                         f"the file holds {len(raw) - start}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims)
+        raw = path.read_bytes()
+        head = bytes(_gunzip(raw, start)[:start]) if gz else raw[:start]
+        if len(head) < start or head[:3] != b"\0\0\x08" or head[3] != ndim:
+            raise ValueError(f"{path}: not an unsigned-byte IDX file with {ndim} dimension(s) (magic "
+                             f"0x{0x800 + ndim:08x}, got header {head[:4].hex() or 'nothing'}); {layout}")
+        dims = struct.unpack(f">{ndim}I", head[4:])
+        size = math.prod(dims)
+        most = _GZIP_MAX_RATIO * len(raw) if gz else len(raw) - start
+        if size > most:
+            raise ValueError(f"{path}: header dims {dims} need {size} bytes of data, the file "
+                             f"{'can hold at most' if gz else 'holds'} {most}")
+        body = _gunzip(raw, start + size) if gz else raw
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: cannot read {'gzip data' if gz else 'the file'} ({e}); {layout}") from e
+    if len(body) != start + size:
+        got = len(body) - start
+        raise ValueError(f"{path}: header dims {dims} need {size} bytes of data, the file holds "
+                         f"{f'more than {size}' if gz and got > size else got}")
+    return np.frombuffer(body, dtype=np.uint8, offset=start).reshape(dims), path
 
 
 def _idx_dataset(name: str, path, limit, test_limit) -> Dataset:
@@ -168,12 +206,16 @@ def _idx_dataset(name: str, path, limit, test_limit) -> Dataset:
     limit, test_limit = _limits(limit, test_limit)
     splits = []
     for prefix, n in (("train", limit), ("t10k", test_limit)):
-        images = _read_idx(folder, f"{prefix}-images-idx3-ubyte", 3)
-        labels = _read_idx(folder, f"{prefix}-labels-idx1-ubyte", 1)
+        images, images_path = _read_idx(folder, f"{prefix}-images-idx3-ubyte", 3)
+        labels, labels_path = _read_idx(folder, f"{prefix}-labels-idx1-ubyte", 1)
+        if len(images) == 0 or images[0].size == 0:
+            raise ValueError(f"{images_path}: holds images of shape {images.shape}; expected at least one "
+                             "non-empty image (a model cannot train or be tested on none)")
         if len(images) != len(labels):
-            raise ValueError(f"{folder}: {prefix} has {len(images)} images but {len(labels)} labels")
-        if labels.size and labels.max() > 9:
-            raise ValueError(f"{folder}: {prefix} labels must be 0..9, found {int(labels.max())}")
+            raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds "
+                             f"{len(labels)} labels; expected one label per image")
+        if labels.max() > 9:
+            raise ValueError(f"{labels_path}: {prefix} labels must be 0..9, found {int(labels.max())}")
         splits += [images[:n], labels[:n]]
     shape, test_shape = splits[0].shape[1:], splits[2].shape[1:]
     if shape != test_shape:
@@ -194,58 +236,62 @@ def fashion_mnist(path, limit: int | None = None, test_limit: int | None = None)
 
 # ---------------------------------------------------------------- CIFAR-10 python pickles
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
-_RECONSTRUCT = np.empty(0).__reduce__()[0]          # numpy's ndarray rebuilder
-_FROMBUFFER = np.arange(2).__reduce_ex__(5)[0]      # used by pickle protocol 5
-_SAFE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
-    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
+_BATCH_KEYS = ("data", "labels", "batch_label", "filenames")
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for a global that is not a piece of a numpy array."""
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    if isinstance(value, (list, tuple)):
+        odd = next((v for v in value if type(v) is not int and not isinstance(v, np.integer)), None)
+        held = "" if odd is None else f" holding {_describe(odd)}"
+        return f"a {type(value).__name__} of {len(value)}{held}"
+    return "nothing" if value is None else f"a {type(value).__name__}"
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the numpy globals an ndarray needs, and nothing else."""
-
-    def __init__(self, file, source: str = "pickle"):
-        super().__init__(file, encoding="bytes")
-        self.source = source
-
-    def find_class(self, module: str, name: str):
-        try:
-            return _SAFE_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"{self.source}: refusing to load global {module}.{name}; only numpy array "
-                "pieces (ndarray, dtype, _reconstruct, _frombuffer) are allowed") from None
+def _cifar_labels(path: Path, labels, n: int) -> np.ndarray:
+    """int64 (n,) labels from n ints 0..9: a list/tuple of ints or numpy integer scalars, or a 1-d int array."""
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        ok = len(labels) == n and bool(np.all((labels >= 0) & (labels <= 9)))
+    elif isinstance(labels, (list, tuple)) and all(type(v) is int or isinstance(v, np.integer) for v in labels):
+        ok = len(labels) == n and all(0 <= v <= 9 for v in labels)
+    else:
+        raise ValueError(f"{path}: expected b'labels' to be {n} integers 0..9 (a list, or a 1-d integer "
+                         f"array), got {_describe(labels)}")
+    if not ok:
+        shown = sorted({int(v) for v in labels[:n + 1]})[:12]
+        raise ValueError(f"{path}: expected {n} labels in 0..9, got {len(labels)} with values {shown}")
+    return np.array(labels, dtype=np.int64)
 
 
 def _read_cifar_batch(path: Path, layout: str) -> tuple[np.ndarray, np.ndarray]:
-    """(data uint8 (n, 3072), labels int64 (n,)) of one pickled batch dict."""
+    """(data uint8 (n, 3072), labels int64 (n,)) of one pickled batch.
+
+    Accepted: a dict with b'data' (or 'data'), a C-ordered uint8 array of shape (n, 3072) with
+    n >= 1, and b'labels', n integers in 0..9 (list of ints or numpy integer scalars, or an integer
+    array); b'batch_label' and b'filenames' are allowed and ignored. The pickle is read with
+    ``safe_pickle.BatchUnpickler``, which builds nothing but integer arrays and scalars.
+    """
     try:
         with open(path, "rb") as f:
-            batch = RestrictedUnpickler(f, source=str(path)).load()
-    except UnsafePickleError:
+            batch = BatchUnpickler(f, source=str(path)).load()
+    except (UnsafePickleError, RefusedPickleError):
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
+            OverflowError, RecursionError) as e:
         raise ValueError(f"{path}: not a readable CIFAR-10 batch ({e}); {layout}") from e
     if not isinstance(batch, dict):
         raise ValueError(f"{path}: expected a dict with b'data' and b'labels', got {type(batch).__name__}")
+    unexpected = [k for k in batch if (k.decode("latin-1") if isinstance(k, bytes) else k) not in _BATCH_KEYS]
+    if unexpected:
+        raise ValueError(f"{path}: unexpected key(s) {reprlib.repr(unexpected)}; expected a dict with "
+                         f"only b'data', b'labels', b'batch_label', b'filenames'")
     data, labels = (batch.get(key, batch.get(key.decode())) for key in (b"data", b"labels"))  # bytes or str keys
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,) \
-            or labels is None:
-        raise ValueError(f"{path}: expected b'data' uint8 (n, 3072) and b'labels'; {layout}")
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if len(labels) != len(data) or not np.all((labels >= 0) & (labels <= 9)):
-        raise ValueError(f"{path}: expected {len(data)} labels in 0..9, got {len(labels)} "
-                         f"with values {sorted(set(labels.tolist()))[:12]}")
-    return data, labels
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[0] > 0 and data.shape[1] == 3072 and data.flags.c_contiguous):
+        raise ValueError(f"{path}: expected b'data' to be a C-ordered uint8 array of shape (n, 3072) with "
+                         f"n >= 1 and b'labels', got {_describe(data)}; {layout}")
+    return data, _cifar_labels(path, labels, len(data))
 
 
 def cifar10(path, limit: int | None = None, test_limit: int | None = None) -> Dataset:
