@@ -269,3 +269,20 @@ def test_step_without_captured_batch_errors_clearly():
     with pytest.raises(RuntimeError, match="forward and backward"):
         opt.step()
     assert out.shape == (2, 3)
+
+
+def test_warm_up_refreshes_inverses_while_the_factor_average_is_young():
+    """digits, muP, lr 0.05, rho 1e-2, default intervals: an inverse built from one batch and reused
+    for 10 steps blows the loss up (warmup=0); refreshing every step during the warm-up trains."""
+    data = ml.datasets.digits()
+
+    def run(**opts):
+        model = ml.MLP(64, 10, 64, base_width=64, seed=0)
+        opt = ml.make_optimizer(model, "kfac", lr=0.05, damping=1e-2, **opts)
+        return opt, ml.run(model, opt, data, steps=60, divergence=None)
+    opt, recs = run()
+    assert opt.warmup == 20 and opt.inverse_interval == 10
+    losses = [r["loss"] for r in recs]
+    assert max(losses) < 3 * losses[0] and losses[-1] < 0.5 and recs[-1]["test_accuracy"] > 0.8
+    _, cold = run(warmup=0)
+    assert max(r["loss"] for r in cold) > 30 * losses[0]
