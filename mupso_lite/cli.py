@@ -4,12 +4,14 @@
     mupso-lite sweep --widths 64,256 --lrs 0.01,0.1 --optimizers kfac --results results/sweep.jsonl
     mupso-lite report results/sweep.jsonl --out results/report
 
-A bad flag or value prints one usage line and an error, and exits with code 2.
+A bad flag or value prints one usage line and an error, and exits with code 2; Ctrl-C stops
+cleanly, says what was saved and exits with code 130.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -129,6 +131,40 @@ def main(argv=None) -> int:
         return {"coord-check": _coord, "sweep": _sweep, "report": _report}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         sub.error(str(e))  # one line, exit code 2
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback, the shell's code for SIGINT
+        print(f"{sub.prog}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        return 130
+
+
+def _check_out_dir(flag: str, value: str) -> Path:
+    """``value`` as a folder that exists or can be created and written, else ValueError naming ``flag``."""
+    path = Path(value)
+    where = path
+    while not where.exists() and not where.is_symlink() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        because = "it exists and is not a folder" if where == path else f"{where} is not a folder"
+        raise ValueError(f"{flag}: expected a folder that can be created, got {value!r} ({because})")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: expected a writable folder, got {value!r} ({where}: permission denied)")
+    return path
+
+
+def _diverged_line(df) -> str | None:
+    """"3 runs diverged (lower the learning rate)", or None when none did."""
+    from .divergence import HINT_FIRST_ORDER, HINT_SECOND_ORDER
+    from .sweep import SECOND_ORDER
+    bad = df[df["status"] == "diverged"]
+    if bad.empty:
+        return None
+    hints = []
+    for _, row in bad.iterrows():
+        hint = row.get("hint")
+        if not isinstance(hint, str) or not hint:  # a file written before hints existed
+            hint = HINT_SECOND_ORDER if row.get("optimizer") in SECOND_ORDER else HINT_FIRST_ORDER
+        if hint not in hints:
+            hints.append(hint)
+    return f"{len(bad)} run{'s' if len(bad) != 1 else ''} diverged ({'; '.join(hints)})"
 
 
 def _coord(args) -> int:
@@ -137,6 +173,7 @@ def _coord(args) -> int:
     from .plots import coord_check_figure, save_html
     if len(args.lr) != 1:
         raise ValueError(f"--lr: expected one value, got {args.lr}")
+    _check_out_dir("--out", args.out)
     data = __import__("mupso_lite.data", fromlist=["load"]).load(args.data)
     opts = {k: v for k, v in (("damping_mode", args.damping_mode), ("inverse_interval", args.inverse_interval))
             if v is not None}
@@ -160,15 +197,23 @@ def _coord(args) -> int:
 
 
 def _sweep(args) -> int:
+    from .results import check_path
     from .sweep import sweep
     grid = {}
     if args.grid:
         try:
-            grid = json.loads(Path(args.grid).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            grid = json.loads(Path(args.grid).read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
             raise ValueError(f"--grid: expected a readable JSON file, got {args.grid!r} ({e})") from None
-        if not isinstance(grid, dict):
-            raise ValueError(f"--grid: expected a JSON object of lists, got {type(grid).__name__}")
+        if not isinstance(grid, dict) or not grid:
+            what = "an empty object" if grid == {} else type(grid).__name__
+            raise ValueError(f"--grid: expected a JSON object of lists, got {what} in {args.grid}")
+        for key, values in grid.items():
+            nested = isinstance(values, list) and any(isinstance(v, (list, dict)) for v in values)
+            if isinstance(values, dict) or nested:
+                raise ValueError(f"--grid: expected a JSON object of lists, got {json.dumps(values)[:60]} "
+                                 f"for {key!r} in {args.grid}")
+    check_path(args.results, "--results", create=False)
     for key, flag in (("width", "widths"), ("lr", "lrs"), ("damping", "dampings"), ("param", "params"),
                       ("optimizer", "optimizers"), ("dataset", "datasets"), ("seed", "seeds")):
         if getattr(args, flag) is not None:
@@ -184,21 +229,33 @@ def _sweep(args) -> int:
                ray_address=args.ray_address, progress=not args.no_progress, **fixed)
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     print(f"{len(df)} runs in {args.results}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if len(df) and (line := _diverged_line(df)):
+        print(line)
     return 0
 
 
 def _report(args) -> int:
+    import pandas as pd
+
     from . import plots
     from .sweep import load_results
+    _check_out_dir("--out", args.out)
     df = load_results(args.results)
     if df.empty:
         raise ValueError(f"results: expected at least one run in {args.results}, got none")
+    missing = [k for k in ("optimizer", "param", "width", "lr", "seed") if k not in df]
+    if missing:
+        raise ValueError(f"results: expected runs of ml.sweep in {args.results}, got configs without "
+                         f"{', '.join(missing)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics = [m for m in ("train_loss", "best_loss", "test_loss", "test_accuracy") if m in df]
+    for m in metrics:  # None (a diverged run) -> NaN, so that a group of diverged runs averages to NaN
+        df[m] = pd.to_numeric(df[m], errors="coerce")
     keys = [k for k in ("optimizer", "param", "damping_mode", "dataset", "width", "lr", "damping")
             if k in df and df[k].notna().any()]
     summary = df.groupby(keys, dropna=False).agg(runs=("status", "size"), ok=("status", lambda s: (s == "ok").sum()),
+                                                 diverged=("status", lambda s: (s == "diverged").sum()),
                                                  **{m: (m, "mean") for m in metrics}).reset_index()
     summary.to_csv(out / "summary.csv", index=False)
     written = [out / "summary.csv"]
@@ -212,6 +269,8 @@ def _report(args) -> int:
         written.append(plots.save_html(plots.accuracy_vs_width_figure(best, title="Test accuracy vs width "
                                        "(best lr per width and seed)"), out / "accuracy_vs_width.html"))
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    if line := _diverged_line(df):
+        print(line)
     print("wrote " + ", ".join(map(str, written)))
     return 0
 

@@ -1,26 +1,27 @@
 """sweep(): run a grid of training configurations into an append-only results file.
 
 A grid is a dict {key: list of values} (or a list of such dicts); every combination of the
-values is one run. Each finished run is one JSON line, written with a single ``os.write`` on
-a file opened for appending, then flushed and fsync'ed, so a killed sweep leaves every
-finished run readable and at most one truncated last line. A run's *key* is the canonical
-JSON of its config (sorted keys), so calling ``sweep`` again skips finished configs: an
-interrupted sweep resumes where it stopped.
+values is one run. Each finished run is one JSON line (see ``mupso_lite.results``), appended
+with a single write under a file lock, then fsync'ed, so a killed sweep leaves every finished
+run readable. A run's *key* is the canonical JSON of its config (sorted keys), so calling
+``sweep`` again skips finished configs: an interrupted sweep resumes where it stopped, and
+several sweeps (processes) may share one results file without running a config twice.
 
 Executors: "local" (a process pool, one torch thread per worker), "serial" (this process),
-"ray" (a local Ray instance, or a cluster at ``ray_address``). Only this process writes
-the file, whatever the executor.
+"ray" (a new local Ray instance bound to 127.0.0.1, or the cluster at ``ray_address``). Only
+the sweeping process writes the file, whatever the executor.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import math
-import os
 import time
+from collections import deque
 from functools import lru_cache
-from pathlib import Path
 
+from .executors import RUNNERS, import_ray, sigint_ignored
+from .results import DONE, ResultsFile, check_path, load_results, read_records  # noqa: F401 (re-exported)
 from .scaling import OPTIMIZERS, PARAMS, check_choice, check_positive
 
 # Grid keys: what the model, the optimizer and the training loop read.
@@ -34,7 +35,6 @@ GRID_KEYS = tuple(MODEL_KEYS) + tuple(OPTIM_KEYS) + OPTIM_OPTIONS + tuple(RUN_KE
 SECOND_ORDER = ("kfac", "foof", "shampoo")
 DATASETS = ("digits", "teacher", "teacher_regression", "mnist1d")
 EXECUTORS = ("local", "serial", "ray")
-DONE = ("ok", "diverged")  # statuses that count as finished; "error" runs are retried
 
 
 # ---------------------------------------------------------------- the grid
@@ -144,115 +144,52 @@ def run_config(cfg: dict, device: str = "cpu") -> dict:
 
     final_* is the last step; best_loss the lowest training-batch loss; train_loss the loss
     on the whole training set after the last step (the lr-transfer metric: less noisy than
-    one batch). A non-finite loss or feature change gives status "diverged"; an exception
-    status "error" (retried on the next call of ``sweep``).
+    one batch). A run ``train`` flags as diverged gets status "diverged", its ``message`` and
+    a ``hint`` (what to change); an exception gives status "error" (retried on the next call
+    of ``sweep``). Either way the steps done so far are kept: curve, steps_done, and the last
+    feature change, accuracy and test metrics that were measured.
     """
     import torch
     from . import __version__
+    from .divergence import hint_for
     from .train import evaluate, train
     torch.set_num_threads(1)
     start = time.perf_counter()
     out = {"key": config_key(cfg), "config": cfg, "version": __version__, "status": "ok", "message": "",
            "train_loss": None, "train_accuracy": None}
-    curve, last = [], {}
+    curve, seen, opt = [], {}, None
     try:
         model, opt, data = build(cfg)
         for rec in train(model, opt, data, steps=cfg["steps"], batch_size=cfg["batch_size"],
                          seed=cfg["seed"], device=device):
             curve.append(_finite(rec["loss"]))
-            last = rec
-        if last.get("diverged"):
-            out.update(status="diverged", message=last["message"])
-        else:
+            seen.update({k: v for k, v in rec.items() if v is not None})  # the latest value of each metric
+            if rec.get("diverged"):
+                out.update(status="diverged", message=rec.get("message") or f"diverged at step {rec['step']}",
+                           hint=rec.get("hint") or hint_for(opt))
+        if out["status"] == "ok":
             train_set = type(data)(data.name, data.x_train, data.y_train, data.x_train, data.y_train,
                                    data.task, data.d_in, data.d_out)
             full = evaluate(model, train_set)
             out.update(train_loss=_finite(full["test_loss"]), train_accuracy=full.get("test_accuracy"))
-        if hasattr(opt, "remove_hooks"):
-            opt.remove_hooks()
     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
         out.update(status="error", message=f"{type(e).__name__}: {e}")
+    finally:
+        if hasattr(opt, "remove_hooks"):
+            opt.remove_hooks()
     finite = [x for x in curve if x is not None]
     out.update(
         steps_done=len(curve), final_loss=curve[-1] if curve else None,
-        best_loss=min(finite) if finite else None, final_accuracy=last.get("accuracy"),
-        test_loss=_finite(last.get("test_loss")), test_accuracy=last.get("test_accuracy"),
-        feature_change={k: _finite(v) for k, v in (last.get("feature_change") or {}).items()},
-        output_change=_finite(last.get("output_change")),
+        best_loss=min(finite) if finite else None, final_accuracy=seen.get("accuracy"),
+        test_loss=_finite(seen.get("test_loss")), test_accuracy=seen.get("test_accuracy"),
+        feature_change={k: _finite(v) for k, v in (seen.get("feature_change") or {}).items()},
+        output_change=_finite(seen.get("output_change")),
         curve=curve, seconds=round(time.perf_counter() - start, 4), finished=time.time())
     return out
 
 
 def _finite(x):
     return float(x) if x is not None and math.isfinite(x) else None
-
-
-# ---------------------------------------------------------------- the results file
-def _append(path: Path, record: dict) -> None:
-    """One JSON line appended with a single write, then flush + fsync (atomic per line)."""
-    line = (json.dumps(record, allow_nan=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _repair(path: Path) -> None:
-    """Cut a truncated last line (a run killed mid-write) so new lines start cleanly."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def read_records(path) -> list[dict]:
-    """The result lines of ``path`` as dicts. A truncated last line is skipped; a broken line
-    elsewhere raises ValueError with its line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"results: no file {path}; run ml.sweep(grid, results={str(path)!r}) first")
-    lines = path.read_bytes().split(b"\n")
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:  # no newline after it: the writer was killed mid-line
-                break
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e})") from e
-    return out
-
-
-def load_results(path="results/sweep.jsonl"):
-    """A DataFrame with one row per run (the last line of each key): the config's keys as
-    columns, then status, metrics (train_loss, best_loss, test_accuracy, ...) and ``curve``."""
-    import pandas as pd
-    latest = {}
-    for rec in read_records(path):
-        latest[rec["key"]] = rec
-    rows = [{**r["config"], **{k: v for k, v in r.items() if k != "config"}} for r in latest.values()]
-    return pd.DataFrame(rows)
-
-
-def _check_results_path(results) -> Path:
-    if not isinstance(results, (str, os.PathLike)):
-        raise TypeError(f"results: expected a file path (str or Path), got {type(results).__name__}")
-    path = Path(results)
-    if path.is_dir():
-        raise ValueError(f"results: expected a file path, got the directory {path}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab"):
-            pass
-    except OSError as e:
-        raise ValueError(f"results: expected a writable file path, got {str(path)!r} ({e.strerror})") from e
-    return path
 
 
 # ---------------------------------------------------------------- the sweep
@@ -267,6 +204,13 @@ def sweep(grid, results="results/sweep.jsonl", steps: int | None = None, executo
     set keys the grid leaves out. Everything is validated before the first run starts.
 
         ml.sweep({"width": [64, 256], "lr": [0.01, 0.1], "optimizer": ["kfac"]}, steps=50)
+
+    ``results`` must be a results file (or not exist yet): any other file is refused, untouched.
+    Several sweeps may share it (see ``mupso_lite.results``). ``executor="ray"`` starts a new
+    local Ray instance whose services listen on 127.0.0.1 only; passing ``ray_address`` (e.g.
+    "auto" or "ray://head:10001") instead attaches to that cluster, whose network exposure is
+    the cluster's own configuration. Ctrl-C stops the workers and raises KeyboardInterrupt
+    saying how many runs finished; calling ``sweep`` again resumes.
     """
     if steps is not None:
         defaults["steps"] = steps
@@ -276,23 +220,66 @@ def sweep(grid, results="results/sweep.jsonl", steps: int | None = None, executo
         check_positive("workers", workers, integer=True)
     if ray_address is not None and executor != "ray":
         raise ValueError(f"ray_address: only used with executor='ray', got executor={executor!r}")
+    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
+        raise ValueError(f"ray_address: expected an address such as 'auto' or 'ray://head:10001', got {ray_address!r}")
+    if executor == "ray":
+        import_ray()
+    check_path(results, create=False)
     _dry_build(configs)
-    path = _check_results_path(results)
-    _repair(path)
-    done = {r["key"] for r in read_records(path) if r.get("status") in DONE}
-    todo = [c for c in configs if config_key(c) not in done]
+    store = ResultsFile(check_path(results)).open()
+    todo = [c for c in configs if config_key(c) not in store.done]
     bar = _progress(len(todo), len(configs) - len(todo), progress)
+    runner = None
     try:
-        for rec in _EXECUTORS[executor](todo, workers, ray_address, device):
-            _append(path, rec)
+        if todo:
+            runner = RUNNERS[executor](run_config, workers, ray_address, device, len(todo))
+            _run_all(todo, runner, store, bar)
+    except BaseException as e:
+        if runner is not None:
+            with sigint_ignored():  # a second Ctrl-C must not cut the cleanup short
+                runner.close(cancel=True)
+            runner = None
+        if not isinstance(e, KeyboardInterrupt):
+            raise
+        n = sum(config_key(c) in store.refresh() for c in configs)
+        raise KeyboardInterrupt(f"{n} of {len(configs)} runs finished and are saved in {store.path}; "
+                                "run the same sweep again to resume") from None
+    finally:
+        if runner is not None:
+            runner.close()
+        store.close()
+        bar.close()
+    keys = {config_key(c) for c in configs}
+    df = load_results(store.path)
+    return df[df["key"].isin(keys)].reset_index(drop=True) if len(df) else df
+
+
+def _run_all(todo, runner, store, bar):
+    """Run ``todo`` on ``runner``, at most ``runner.capacity`` at a time; each config is
+    claimed first and skipped if another sweep on the same file finished it meanwhile."""
+    queue = deque(todo)
+    while queue or runner.busy:
+        for _ in range(len(queue)):
+            if runner.busy >= runner.capacity:
+                break
+            cfg = queue.popleft()
+            key = config_key(cfg)
+            if not store.claim(key):
+                queue.append(cfg)  # another sweep runs it now; look again later
+            elif key in store.refresh():
+                store.release(key)  # another sweep finished it
+                bar.update(1)
+            else:
+                runner.submit(cfg)
+        if runner.busy:
+            rec = runner.next()
+            store.append(rec)
+            store.release(rec["key"])
             bar.update(1)
             if rec["status"] != "ok":
                 bar.set_postfix_str(f"last: {rec['status']}")
-    finally:
-        bar.close()
-    keys = {config_key(c) for c in configs}
-    df = load_results(path)
-    return df[df["key"].isin(keys)].reset_index(drop=True) if len(df) else df
+        elif queue:
+            time.sleep(0.2)  # all that is left is being run by other sweeps
 
 
 def _dry_build(configs):
@@ -313,61 +300,3 @@ def _progress(total, skipped, enabled):
     from tqdm.auto import tqdm
     desc = f"sweep ({skipped} done before)" if skipped else "sweep"
     return tqdm(total=total, desc=desc, unit="run", disable=not enabled, smoothing=0.1)
-
-
-def _serial(todo, workers, ray_address, device):
-    for cfg in todo:
-        yield run_config(cfg, device)
-
-
-def _init_worker():
-    import torch
-    torch.set_num_threads(1)
-
-
-def _local(todo, workers, ray_address, device):
-    """A spawn-started process pool (fork after torch has run threads can hang)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    if not todo:
-        return
-    workers = min(workers or os.cpu_count() or 1, len(todo))
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
-        futures = [pool.submit(run_config, cfg, device) for cfg in todo]
-        try:
-            for fut in as_completed(futures):
-                yield fut.result()
-        finally:
-            for fut in futures:
-                fut.cancel()
-
-
-def _ray(todo, workers, ray_address, device):
-    """Ray tasks of one CPU each; attaches to ``ray_address`` or starts a local instance."""
-    try:
-        import ray
-    except ImportError as e:
-        raise ImportError("executor='ray' needs Ray: pip install 'ray>=2.9'") from e
-    if not todo:
-        return
-    started = not ray.is_initialized()
-    if started:
-        if ray_address is not None:
-            import mupso_lite
-            ray.init(address=ray_address, runtime_env={"py_modules": [os.path.dirname(mupso_lite.__file__)]})
-        else:
-            ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, logging_level="ERROR")
-    remote = ray.remote(num_cpus=1)(run_config)
-    pending = [remote.remote(cfg, device) for cfg in todo]
-    try:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(ready[0])
-    finally:
-        for ref in pending:
-            ray.cancel(ref)
-        if started:
-            ray.shutdown()
-
-
-_EXECUTORS = {"local": _local, "serial": _serial, "ray": _ray}

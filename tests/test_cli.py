@@ -2,8 +2,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -51,7 +53,7 @@ def test_sweep_then_report(tmp_path, capsys):
     (["sweep", "--steps", "0", "--widths", "16"], "argument --steps: expected a positive integer, got '0'"),
     (["sweep", "--widths", "16", "--results", "/proc/no/such.jsonl"], "results: expected a writable file path"),
     (["sweep"], "grid: expected at least one of --grid, --widths"),
-    (["coord-check", "--widths", "16"], "widths: expected at least two widths"),
+    (["coord-check", "--widths", "16"], "widths: expected at least two"),
     (["coord-check", "--damping", "nan"], "argument --damping: expected a finite number >= 0"),
     (["report", "/no/such/file.jsonl"], "results: no file /no/such/file.jsonl"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -73,3 +75,83 @@ def test_python_dash_m_and_the_console_script_show_help():
     res = subprocess.run([sys.executable, "-m", "mupso_lite", "sweep", "--widths", "0"], capture_output=True,
                          text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 2 and res.stderr.count("\n") == 1
+
+
+def _fail_if_called(*args, **kwargs):
+    raise AssertionError("work started before the arguments were checked")
+
+
+@pytest.mark.parametrize("command", ["coord-check", "report", "sweep"])
+def test_an_output_path_under_a_file_fails_before_any_work(tmp_path, command, capsys, monkeypatch):
+    import mupso_lite.coord
+    monkeypatch.setattr(mupso_lite.coord, "coord_check", _fail_if_called)
+    monkeypatch.setattr(sys.modules["mupso_lite.sweep"], "sweep", _fail_if_called)
+    monkeypatch.setattr(sys.modules["mupso_lite.sweep"], "load_results", _fail_if_called)
+    (tmp_path / "some_file.txt").write_text("keep me")
+    bad = str(tmp_path / "some_file.txt" / "sub")
+    argv = {"coord-check": ["coord-check", "--widths", "16,32", "--out", bad],
+            "report": ["report", str(tmp_path / "r.jsonl"), "--out", bad],
+            "sweep": ["sweep", "--widths", "16", "--results", bad + "/r.jsonl"]}[command]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    flag = "--results" if command == "sweep" else "--out"
+    assert e.value.code == 2 and f"error: {flag}: expected a" in err and "some_file.txt is not a folder" in err, err
+    assert (tmp_path / "some_file.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[16, 32]", "--grid: expected a JSON object of lists, got list"),
+    (b'{"width": {"a": 16}}', "--grid: expected a JSON object of lists, got {\"a\": 16} for 'width'"),
+    (b"{}", "--grid: expected a JSON object of lists, got an empty object"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "--grid: expected a readable JSON file"),
+    (b"width: [16]", "--grid: expected a readable JSON file"),
+])
+def test_a_grid_file_that_is_not_an_object_of_lists_exits_2(tmp_path, content, message, capsys):
+    grid = tmp_path / "grid.json"
+    grid.write_bytes(content)
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "--grid", str(grid), "--results", str(tmp_path / "r.jsonl")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_sweep_and_report_count_diverged_runs_and_give_the_hint(tmp_path, capsys):
+    results, report = tmp_path / "s.jsonl", tmp_path / "report"
+    assert main(["sweep", "--widths", "16", "--lrs", "0.05,100", "--optimizers", "sgd", "--datasets", "teacher",
+                 "--steps", "15", "--executor", "serial", "--no-progress", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs in" in out and "1 ok" in out and "1 diverged" in out, out
+    assert "1 run diverged (lower the learning rate)" in out
+    assert main(["report", str(results), "--out", str(report)]) == 0
+    out = capsys.readouterr().out
+    summary = pd.read_csv(report / "summary.csv")
+    assert list(summary.columns[summary.columns.get_loc("ok"):][:2]) == ["ok", "diverged"]
+    assert summary.set_index("lr").loc[100.0, "diverged"] == 1 and summary.set_index("lr").loc[0.05, "ok"] == 1
+    assert "1 run diverged (lower the learning rate)" in out and "diverged" in out.splitlines()[0]
+
+
+def test_ctrl_c_exits_130_with_one_line_and_keeps_the_finished_runs(tmp_path):
+    results = tmp_path / "r.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "mupso_lite", "sweep", "--widths", "16,24,32,40,48,56",
+                             "--lrs", "0.05", "--optimizers", "kfac", "--datasets", "teacher", "--steps", "400",
+                             "--executor", "local", "--workers", "2", "--no-progress", "--results", str(results)],
+                            cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (results.exists() and results.read_bytes().count(b"\n") >= 1):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    from mupso_lite.sweep import read_records
+    n = len(read_records(results))
+    assert 1 <= n < 6
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err == (f"mupso-lite sweep: interrupted: {n} of 6 runs finished and are saved in {results}; "
+                   "run the same sweep again to resume\n")

@@ -107,7 +107,8 @@ def test_load_results_tolerates_a_truncated_last_line_and_resume_repairs_it(tmp_
 
 def test_load_results_refuses_a_broken_line_in_the_middle_and_a_missing_file(tmp_path):
     results = tmp_path / "r.jsonl"
-    results.write_text('{"key": "a", "config": {}}\nnot json\n{"key": "b", "config": {}}\n')
+    results.write_text('{"key": "a", "config": {}, "status": "ok"}\nnot json\n'
+                       '{"key": "b", "config": {}, "status": "ok"}\n')
     with pytest.raises(ValueError, match="line 2 is not valid JSON"):
         ml.load_results(results)
     with pytest.raises(FileNotFoundError, match="results: no file"):
@@ -158,3 +159,270 @@ def test_ray_executor_with_a_local_instance(tmp_path):
     assert len(df) == 2 and set(df["status"]) == {"ok"} and len(lines(results)) == 2
     import ray
     assert not ray.is_initialized(), "a Ray instance the sweep started is shut down afterwards"
+
+
+# ---------------------------------------------------------------- the results file is never destroyed
+def test_a_file_that_is_not_a_results_file_is_refused_untouched(tmp_path):
+    grid_json = tmp_path / "grid.json"
+    grid_json.write_bytes(b'{"width": [16, 32], "lr": [0.1]}')  # one line, no final newline
+    before = grid_json.read_bytes()
+    with pytest.raises(ValueError, match=r"results: .*grid\.json: line 1 is not a results record"):
+        ml.sweep(SMALL, results=grid_json, steps=2, executor="serial", progress=False)
+    assert grid_json.read_bytes() == before
+
+
+def test_a_complete_last_line_without_newline_is_kept_and_not_rerun(tmp_path):
+    results = tmp_path / "r.jsonl"
+    ml.sweep({**SMALL, "width": [16]}, results=results, steps=2, executor="serial", progress=False)
+    data = results.read_bytes()
+    results.write_bytes(data.rstrip(b"\n"))  # as if the newline had been lost
+    assert len(ml.load_results(results)) == 1
+    df = ml.sweep(SMALL, results=results, steps=2, executor="serial", progress=False)
+    assert results.read_bytes().startswith(data)  # the old line is still there, byte for byte
+    assert len(lines(results)) == 2 and len(df) == 2 and df["width"].is_unique
+
+
+def test_only_an_incomplete_trailing_fragment_is_dropped(tmp_path):
+    results = tmp_path / "r.jsonl"
+    ml.sweep(SMALL, results=results, steps=2, executor="serial", progress=False)
+    good = results.read_bytes()
+    results.write_bytes(good + b'{"key": "{\\"width\\": 1')
+    ml.sweep(SMALL, results=results, steps=2, executor="serial", progress=False)  # nothing to run
+    assert results.read_bytes() == good
+
+
+@pytest.mark.parametrize("line, match", [
+    (b"[1, 2]", "is not a results record"), (b"3", "is not a results record"), (b'"x"', "is not a results record"),
+    (b'{"key": "a", "status": "ok"}', "is not a results record"),  # no config
+    (b'{"config": {}, "status": "ok"}', "is not a results record"),  # no key
+    (b"\xff\xfe\x00garbage\x81", "NUL bytes"), (b"\xff\xfe garbage \x81", "is not UTF-8 text"),
+    (b'{"key": "a", "config": {}, "status": "ok"}\x00', "NUL bytes"),
+])
+def test_reading_a_line_that_is_not_a_record_names_the_file_and_line(tmp_path, line, match):
+    results = tmp_path / "r.jsonl"
+    ok = b'{"key": "k", "config": {"width": 16}, "status": "ok"}\n'
+    for content, lineno in ((ok + line + b"\n" + ok, 2), (ok + line, 2)):
+        results.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"results: .*r\.jsonl: line {lineno} .*{match}|results: .*r\.jsonl: "
+                                             rf"line {lineno} {match}"):
+            read_records(results)
+        with pytest.raises(ValueError, match=rf"line {lineno}"):
+            ml.load_results(results)
+        with pytest.raises(ValueError, match=rf"results: .*r\.jsonl: line {lineno}"):
+            ml.sweep(SMALL, results=results, steps=2, executor="serial", progress=False)
+        assert results.read_bytes() == content
+
+
+# ---------------------------------------------------------------- two sweeps, one file
+TWO_SWEEPS = """
+import json, sys, mupso_lite as ml
+sweep_module, ran = sys.modules["mupso_lite.sweep"], []
+real = sweep_module.run_config
+def counted(cfg, device="cpu"):
+    ran.append(cfg["width"])
+    return real(cfg, device)
+sweep_module.run_config = counted
+grid = {"width": [16, 24, 32, 40, 48, 56, 64, 72], "lr": [0.05], "optimizer": ["kfac"], "dataset": ["teacher"]}
+if __name__ == "__main__":
+    ml.sweep(grid, results=sys.argv[1], steps=20, executor="serial", progress=False)
+    print(json.dumps(ran))
+"""
+
+
+def test_two_sweeps_on_one_file_run_each_config_once(tmp_path):
+    script, results = tmp_path / "run.py", tmp_path / "r.jsonl"
+    script.write_text(textwrap.dedent(TWO_SWEEPS))
+    procs = [subprocess.Popen([sys.executable, str(script), str(results)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    ran = [w for out, _ in outs for w in json.loads(out.splitlines()[-1])]
+    assert sorted(ran) == [16, 24, 32, 40, 48, 56, 64, 72], "each config ran in one of the two sweeps only"
+    keys = [r["key"] for r in read_records(results)]  # every line is a valid record
+    assert len(keys) == len(set(keys)) == 8, "each config finished exactly once"
+    assert sorted(json.loads(k)["width"] for k in keys) == [16, 24, 32, 40, 48, 56, 64, 72]
+    assert sorted(os.listdir(tmp_path)) == ["r.jsonl", "run.py"]  # the last one out removed r.jsonl.lock
+
+
+# ---------------------------------------------------------------- interrupts and orphans
+def test_ctrl_c_stops_the_sweep_and_says_how_to_resume(tmp_path, monkeypatch):
+    sweep_module = sys.modules["mupso_lite.sweep"]  # (ml.sweep is the function)
+    real, calls = sweep_module.run_config, []
+
+    def interrupted_on_the_second_run(cfg, device="cpu"):
+        calls.append(cfg)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cfg, device)
+    monkeypatch.setattr(sweep_module, "run_config", interrupted_on_the_second_run)
+    results = tmp_path / "r.jsonl"
+    grid = {**SMALL, "width": [16, 24, 32]}
+    with pytest.raises(KeyboardInterrupt, match=rf"^1 of 3 runs finished and are saved in {results}; "
+                                                 "run the same sweep again to resume$"):
+        ml.sweep(grid, results=results, steps=2, executor="serial", progress=False)
+    assert len(read_records(results)) == 1
+    monkeypatch.setattr(sweep_module, "run_config", real)
+    assert len(ml.sweep(grid, results=results, steps=2, executor="serial", progress=False)) == 3
+
+
+ORPHANS = """
+import sys, mupso_lite as ml
+if __name__ == "__main__":
+    grid = {"width": [16, 24, 32, 40], "lr": [0.05], "optimizer": ["kfac"], "dataset": ["teacher"]}
+    ml.sweep(grid, results=sys.argv[1], steps=100000, executor="local", workers=2, progress=False)
+"""
+
+
+def _children(pid):
+    """{pid: cmdline} of the processes whose parent is ``pid`` (from /proc)."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                if ppid == pid:
+                    with open(f"/proc/{d}/cmdline", "rb") as f:
+                        out[int(d)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def _alive(pid):
+    """True while ``pid`` runs (a zombie waiting for its new parent to reap it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_killing_the_sweep_leaves_no_worker_processes(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(ORPHANS))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "r.jsonl")], start_new_session=True,
+                            stderr=subprocess.DEVNULL)
+    kids = {}
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and sum("spawn_main" in c for c in kids.values()) < 2:
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            kids = _children(proc.pid)
+            time.sleep(0.2)
+        assert sum("spawn_main" in c for c in kids.values()) == 2, kids
+        assert any("resource_tracker" in c for c in kids.values()), kids
+        time.sleep(2)  # let the workers get into their runs
+        os.kill(proc.pid, signal.SIGKILL)  # the parent only, as the OOM killer would
+        proc.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and any(map(_alive, kids)):
+            time.sleep(0.1)
+        assert not [c for pid, c in kids.items() if _alive(pid)], "workers outlived the sweep"
+    finally:
+        for pid in kids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# ---------------------------------------------------------------- divergence
+def test_a_diverging_run_is_recorded_with_its_message_hint_and_partial_results(tmp_path):
+    df = ml.sweep({"width": [16], "lr": [100.0], "optimizer": ["sgd"], "dataset": ["teacher"]},
+                  results=tmp_path / "r.jsonl", steps=15, executor="serial", progress=False)
+    row = df.iloc[0]
+    assert row["status"] == "diverged", row["message"]
+    assert row["message"].startswith("diverged at step") and row["hint"] == "lower the learning rate"
+    assert 1 < row["steps_done"] == len(row["curve"]) < 15  # stopped early, every loss kept
+    assert row["train_loss"] is None  # not measured on a diverged model
+    assert set(row["feature_change"]) == {"layers.0", "layers.1", "layers.2"}  # the last one measured
+    rec = read_records(tmp_path / "r.jsonl")[0]
+    assert rec["hint"] == "lower the learning rate" and rec["status"] == "diverged"
+
+
+# ---------------------------------------------------------------- Ray binds to loopback
+RAY_SWEEP = """
+import sys, mupso_lite as ml
+if __name__ == "__main__":
+    df = ml.sweep({"width": [16, 24], "lr": [0.05], "optimizer": ["kfac"], "dataset": ["teacher"]},
+                  results=sys.argv[1], steps=3, executor="ray", workers=1, progress=False)
+    import ray
+    assert not ray.is_initialized() and len(df) == 2 and set(df["status"]) == {"ok"}, df
+"""
+
+
+def test_a_local_ray_instance_listens_on_loopback_only(tmp_path):
+    pytest.importorskip("ray")
+    psutil = pytest.importorskip("psutil")
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(RAY_SWEEP))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "r.jsonl")], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    listening = {}
+    try:
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for p in tree:
+                try:
+                    for c in p.net_connections("inet"):
+                        if c.status == psutil.CONN_LISTEN:
+                            listening[(c.laddr.ip, c.laddr.port)] = p.name()
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    pass
+            time.sleep(0.3)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert listening, "no listening socket seen: the poll missed the Ray services"
+    loopback = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+    exposed = {addr: name for addr, name in listening.items() if addr[0] not in loopback}
+    assert not exposed, f"Ray services listening beyond loopback: {exposed}"
+
+
+LOAD_RESULTS_MODULE = """
+import importlib.util, os, sys, time
+spec = importlib.util.spec_from_file_location("results", sys.argv[3])  # alone: no torch import, fast start
+results = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(results)
+"""
+APPENDER = LOAD_RESULTS_MODULE + """
+f = results.ResultsFile(sys.argv[1]).open()
+for i in range(150):
+    f.append({"key": f"{sys.argv[2]}-{i}", "config": {"i": i}, "status": "ok", "curve": [0.5] * 50})
+"""
+REPAIRER = LOAD_RESULTS_MODULE + """
+while not os.path.exists(sys.argv[2]):
+    results.ResultsFile(sys.argv[1]).open().close()  # what every sweep does first: check and repair
+    time.sleep(0.002)
+"""
+
+
+def test_repairs_running_alongside_appends_lose_no_line(tmp_path):
+    module = str(Path(ml.__file__).with_name("results.py"))
+    results, stop = tmp_path / "r.jsonl", tmp_path / "stop"
+    results.write_bytes(b'{"key": "cut-by-a-kill", "conf')  # so that every open has a fragment to consider
+    repairers = [subprocess.Popen([sys.executable, "-c", REPAIRER, str(results), str(stop), module]) for _ in range(2)]
+    try:
+        writers = [subprocess.Popen([sys.executable, "-c", APPENDER, str(results), name, module]) for name in "ab"]
+        assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    finally:
+        stop.touch()
+        for p in repairers:
+            p.wait(timeout=60)
+    keys = [r["key"] for r in read_records(results)]
+    assert len(keys) == len(set(keys)) == 300 and results.read_bytes().endswith(b"\n")
