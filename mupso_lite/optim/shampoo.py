@@ -13,7 +13,11 @@ and the update is
 muP table says: eps ~ |x|^2 |delta|^2). ``eps_mode="relative"``: eps_L = eps lambda_max(L),
 eps_R = eps lambda_max(R), which already follows the factor scale (muP with a constant eps).
 The ridge is added to a copy when the root is computed: it never accumulates into L or R.
-Roots are recomputed every ``update_interval`` steps and cached.
+Roots are recomputed every ``update_interval`` steps and cached, except during a warm-up (the
+first ``warmup`` = 20 steps) that recomputes them at every step: statistics summed over a few
+batches have not seen most directions, and a root reused for ten steps amplifies those by up
+to eps^(-2e) at each of them (on digits at width 256, lr 0.3, eps 1e-6 the loss blew up from
+2.4 to 260 without the warm-up; with it the run reached test accuracy 0.97).
 
 Biases and other 1-D tensors are treated as an n x 1 matrix with a *diagonal* left
 statistic: l <- l + g^2, r <- r + |g|^2, update g / ((l + eps)^e (r + eps)^e).
@@ -38,6 +42,8 @@ from .capture import LayerCapture
 from .checkpoint import check_loadable, stamp
 from .linalg import inverse_root, matches_batch, precondition
 
+WARMUP = 20  # steps whose inverse roots are always fresh
+
 
 class Shampoo(torch.optim.Optimizer):
     """Shampoo over ``params`` (tensors or param-group dicts).
@@ -46,6 +52,8 @@ class Shampoo(torch.optim.Optimizer):
         lr: learning rate.  eps: the ridge (see ``eps_mode``).  root: the inverse-root exponent e.
         eps_mode: "absolute" or "relative" (to each statistic's largest eigenvalue).
         update_interval: recompute the inverse roots every this many steps.
+        warmup: recompute them at every one of the first ``warmup`` steps (default 20; 0 when
+            ``update_interval`` is 1).
         beta: None for running sums (Gupta et al.), or an EMA decay in [0, 1).
         grafting: None, "sgd" or "adam".  momentum, weight_decay: heavy-ball; decoupled decay.
         model: optional role-tagged model whose layer inputs and output gradients are
@@ -57,7 +65,8 @@ class Shampoo(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-2, eps: float = 1e-4, root: float = 0.25,
                  eps_mode: str = "absolute", update_interval: int = 10, beta: float | None = None,
                  grafting: str | None = None, graft_beta2: float = 0.999, momentum: float = 0.0,
-                 weight_decay: float = 0.0, model: nn.Module | None = None, check_batch: bool = True):
+                 weight_decay: float = 0.0, model: nn.Module | None = None, check_batch: bool = True,
+                 warmup: int | None = None):
         check_positive("lr", lr)
         check_positive("eps", eps, allow_zero=True)
         check_positive("root", root)
@@ -65,6 +74,9 @@ class Shampoo(torch.optim.Optimizer):
             raise ValueError(f"root: expected an exponent in (0, 1], got {root!r}")
         self.eps_mode = check_choice("eps_mode", eps_mode, ("absolute", "relative"))
         check_positive("update_interval", update_interval, integer=True)
+        if warmup is None:
+            warmup = WARMUP if update_interval > 1 else 0
+        self.warmup = check_positive("warmup", warmup, integer=True, allow_zero=True)
         if beta is not None and not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
             raise ValueError(f"beta: expected None (running sums) or a number in [0, 1), got {beta!r}")
         if grafting is not None:
@@ -133,7 +145,7 @@ class Shampoo(torch.optim.Optimizer):
         else:
             self._accumulate_product(st, "L", grad, grad.T)
             self._accumulate_product(st, "R", grad.T, grad)
-        if k % self.update_interval == 0 or "L_root" not in st:
+        if k < self.warmup or k % self.update_interval == 0 or "L_root" not in st:
             relative = self.eps_mode == "relative"
             st["L_root"] = inverse_root(st["L"], self.root, eps, relative)
             st["R_root"] = inverse_root(st["R"], self.root, eps, relative)
