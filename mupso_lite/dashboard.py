@@ -15,10 +15,16 @@ figures are refreshed at most ~7 times a second. Nothing here does training math
 optimizers and the training loop all come from ``mupso_lite`` itself. Everything the buttons
 do is a method too (``run``, ``compare``, ``width_view``, ``stop``, ``join``), so a script or a
 test can drive the dashboard without a browser and read ``records``, ``status`` and the figures.
+
+Bad arguments raise (ValueError/TypeError naming the argument) before any widget or thread
+exists; a divergence shows in red with what to change and as a mark on the loss plot; an
+error inside a run shows in the status line. ``close()`` stops the run and closes every widget.
 """
 from __future__ import annotations
 
 import html
+import math
+import numbers
 import threading
 import time
 
@@ -28,7 +34,12 @@ import plotly.graph_objects as go
 from .dashboard_runs import DEFAULTS, OPTIMIZERS, PARAMS, Runs, Settings, builtin_datasets
 from .data import Dataset
 from .live import Job, LiveFigure
+from .scaling import check_choice, check_positive
 from .train import resolve_device
+
+# The controls' ranges; an argument outside them raises (a slider would clamp it silently).
+WIDTHS, LRS, DAMPINGS, DEPTHS, STEPS = (32, 4096), (1e-4, 10.0), (1e-6, 1.0), (2, 6), (5, 2000)
+BATCH_SIZES = (16, 32, 64, 128, 256, 512)
 
 
 class Dashboard(Runs):
@@ -38,6 +49,7 @@ class Dashboard(Runs):
     the optimizer. ``datasets`` adds choices: {name: Dataset or zero-argument function}.
     ``coord_widths``, ``coord_steps``, ``coord_seeds`` configure the width view
     (default widths: powers of two from 64 up to the width control, at least 256).
+    A value outside its control's range raises ValueError (a slider would clamp it silently).
     """
 
     def __init__(self, width: int = 256, lr: float | None = None, damping: float | None = None,
@@ -45,25 +57,29 @@ class Dashboard(Runs):
                  batch_size: int = 64, steps: int = 200, seed: int = 0, datasets: dict | None = None,
                  device: str = "auto", coord_widths=None, coord_steps: int = 3, coord_seeds=(0,),
                  update_interval: float = 0.15):
-        self.extra_datasets = dict(datasets or {})
-        self.seed, self.coord_widths, self.coord_steps = seed, coord_widths, coord_steps
-        self.coord_seeds, self._interval = tuple(coord_seeds), update_interval
+        # every argument is checked before any widget or thread exists
+        args = check_arguments(width=width, lr=lr, damping=damping, optimizer=optimizer, param=param,
+                               dataset=dataset, depth=depth, batch_size=batch_size, steps=steps, seed=seed,
+                               datasets=datasets, coord_widths=coord_widths, coord_steps=coord_steps,
+                               coord_seeds=coord_seeds, update_interval=update_interval)
         self.device = resolve_device(device)
+        self.extra_datasets = args["datasets"]
+        self.seed, self.coord_widths, self.coord_steps = args["seed"], args["coord_widths"], args["coord_steps"]
+        self.coord_seeds, self._interval = args["coord_seeds"], args["update_interval"]
         self._data_cache: dict[str, Dataset] = {}
         self._data_lock = threading.Lock()
         self._job: Job | None = None
         self._kind = "run"
         self._quiet = False
+        self._closed = False
         self._status = ""
         self.last_settings: Settings | None = None  # the settings the latest run started with
         self.records: list[dict] = []        # per-step records of the last run (compare: both params)
         self.width_points: list[dict] = []   # width view: one row per (width, seed, layer)
         self.timings: dict[str, float] = {}  # first_point_s, steps_per_s of the last run
-        self.messages: list[str] = []        # divergence messages of the last run
-        lr0, damping0 = DEFAULTS[optimizer]
-        self._build_controls(width, lr if lr is not None else lr0,
-                             damping if damping is not None else (damping0 or 1e-3),
-                             optimizer, param, dataset, depth, batch_size, steps)
+        self.messages: list[str] = []        # divergence messages (with their hints) of the last run
+        self._build_controls(args["width"], args["lr"], args["damping"], args["optimizer"], args["param"],
+                             args["dataset"], args["depth"], args["batch_size"], args["steps"])
         self._build_figures()
         self._set_status(f"device: {self._device_name()} · ready: press Run")
 
@@ -71,23 +87,24 @@ class Dashboard(Runs):
     def _build_controls(self, width, lr, damping, optimizer, param, dataset, depth, batch_size, steps):
         style, wide = {"description_width": "100px"}, W.Layout(width="330px")
         kw = dict(continuous_update=False, style=style, layout=wide)
+        def log_slider(value, base, bounds, step, description, fmt):
+            lo, hi = (math.log(b, base) for b in bounds)
+            return W.FloatLogSlider(value=value, base=base, min=round(lo), max=round(hi), step=step,
+                                    description=description, readout_format=fmt, **kw)
         c = self.controls = {
-            "width": W.FloatLogSlider(value=width, base=2, min=5, max=12, step=1, description="width M",
-                                      readout_format=".0f", **kw),
-            "lr": W.FloatLogSlider(value=lr, base=10, min=-4, max=1, step=0.1, description="learning rate",
-                                   readout_format=".2g", **kw),
-            "damping": W.FloatLogSlider(value=damping, base=10, min=-6, max=0, step=0.1, description="damping",
-                                        readout_format=".1e", **kw),
+            "width": log_slider(width, 2, WIDTHS, 1, "width M", ".0f"),
+            "lr": log_slider(lr, 10, LRS, 0.1, "learning rate", ".2g"),
+            "damping": log_slider(damping, 10, DAMPINGS, 0.1, "damping", ".1e"),
             "optimizer": W.Dropdown(options=OPTIMIZERS, value=optimizer, description="optimizer",
                                     style=style, layout=wide),
             "param": W.ToggleButtons(options=PARAMS, value=param, description="parametrization",
                                      style={**style, "button_width": "70px"}, layout=wide),
-            "dataset": W.Dropdown(options=builtin_datasets() + list(self.extra_datasets), value=dataset,
+            "dataset": W.Dropdown(options=dataset_names(self.extra_datasets), value=dataset,
                                   description="dataset", style=style, layout=wide),
-            "depth": W.IntSlider(value=depth, min=2, max=6, description="depth (layers)", **kw),
-            "batch_size": W.SelectionSlider(options=[16, 32, 64, 128, 256, 512], value=batch_size,
+            "depth": W.IntSlider(value=depth, min=DEPTHS[0], max=DEPTHS[1], description="depth (layers)", **kw),
+            "batch_size": W.SelectionSlider(options=list(BATCH_SIZES), value=batch_size,
                                             description="batch size", **kw),
-            "steps": W.IntSlider(value=steps, min=5, max=2000, step=5, description="steps", **kw),
+            "steps": W.IntSlider(value=steps, min=STEPS[0], max=STEPS[1], step=5, description="steps", **kw),
         }
         c["damping"].disabled = DEFAULTS[optimizer][1] is None
         for name, control in c.items():
@@ -158,9 +175,39 @@ class Dashboard(Runs):
         return self._start("width", wait)
 
     def stop(self) -> None:
-        """Ask the run to end; it does so after the step in progress."""
+        """Ask the run to end; it does so after the step in progress (nothing running: no-op)."""
         if self._job is not None:
             self._job.stop()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the run, wait for its thread, and close every widget (safe to call twice).
+
+        A lab that makes many dashboards should close the ones it no longer shows: a closed
+        dashboard holds no thread, no model and no widget in the kernel. ``run()`` and the
+        other buttons' methods raise afterwards.
+        """
+        self.stop()
+        self.join(timeout)
+        if self._closed:
+            return
+        self._closed = True
+        for live in self.live.values():  # drop the traces' data even if something still holds a figure
+            live.reset([])
+        roots = [getattr(self, "_widget", None), *self.controls.values(), *self.buttons.values(),
+                 self.status_widget, self.loss_figure, self.feature_figure, self.width_figure]
+        for widget in _widget_tree(w for w in roots if w is not None):
+            _drop_file_watch(widget)
+            widget.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Dashboard":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the current run; True if it has finished."""
@@ -192,6 +239,8 @@ class Dashboard(Runs):
 
     # ------------------------------------------------------------------ internals
     def _start(self, kind: str, wait: bool) -> "Dashboard":
+        if self._closed:
+            raise RuntimeError(f"{kind}(): this dashboard is closed; make a new one with ml.Dashboard()")
         settings, self._kind, requested = self.settings(), kind, time.monotonic()
         self.last_settings = settings
         body = {"run": self._train_job, "compare": self._train_job, "width": self._width_job}[kind]
@@ -215,7 +264,7 @@ class Dashboard(Runs):
                 self.controls["damping"].disabled = damping is None
             finally:
                 self._quiet = False
-        if self.running:  # restart what was running with the new settings
+        if self.running and not self._closed:  # restart what was running with the new settings
             self._start(self._kind, wait=False)
 
     def _set_status(self, text: str, color: str = "#333") -> None:
@@ -230,3 +279,114 @@ class Dashboard(Runs):
             import torch
             return f"cuda ({torch.cuda.get_device_name(self.device)})"
         return str(self.device)
+
+
+def _widget_tree(roots) -> list:
+    """The widgets in ``roots`` and every widget they hold (children, layout, style), each once."""
+    seen, out, stack = set(), [], list(roots)
+    while stack:
+        widget = stack.pop()
+        if id(widget) in seen:
+            continue
+        seen.add(id(widget))
+        out.append(widget)
+        for name in widget.keys:  # the synced traits: children, layout, style, ...
+            value = getattr(widget, name, None)
+            stack += [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, W.Widget)]
+    return out
+
+
+def _drop_file_watch(widget) -> None:
+    """Disconnect ``widget`` from the file-change signal of its class's JavaScript source.
+
+    anywidget connects every instance of a class whose JavaScript is a watched file (plotly's
+    FigureWidget) to that file's ``changed`` signal, through a callback that holds the instance:
+    a reference from the class, so a closed figure and its data would live as long as the
+    kernel. This walks psygnal's slots (not public API), so it is best effort and never raises.
+    """
+    for cls in type(widget).__mro__:
+        for key in ("_esm", "_css"):
+            signal = getattr(cls.__dict__.get(key), "changed", None)
+            for slot in list(getattr(signal, "_slots", ())):
+                try:
+                    callback = slot.dereference()
+                    if any(cell.cell_contents is widget for cell in getattr(callback, "__closure__", None) or ()):
+                        signal.disconnect(callback)
+                except Exception:  # noqa: BLE001, S112 - an empty cell or a changed psygnal: leave it
+                    continue
+
+
+# ---------------------------------------------------------------------- argument checks
+def dataset_names(extra: dict) -> list[str]:
+    """The dataset dropdown's choices: the built-in ones, then ``datasets=``'s names."""
+    return list(dict.fromkeys(builtin_datasets() + list(extra)))
+
+
+def _integer(arg: str, value, lo: int | None = None, hi: int | None = None, allow_zero: bool = False,
+             where: str = "the slider's range") -> int:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)  # numpy integers too
+    check_positive(arg, value, integer=True, allow_zero=allow_zero)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{arg}: expected an integer in {lo}..{hi} ({where}), got {value!r}")
+    return value
+
+
+def _number(arg: str, value, lo: float, hi: float) -> float:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = float(value)  # numpy floats too
+    check_positive(arg, value)
+    if not lo <= value <= hi:
+        raise ValueError(f"{arg}: expected a number in [{lo:g}, {hi:g}] (the slider's range), got {value!r}")
+    return float(value)
+
+
+def _sequence(arg: str, value) -> tuple:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{arg}: expected a list or tuple of integers, got {value!r} ({type(value).__name__})")
+    return tuple(value)
+
+
+def check_arguments(width, lr, damping, optimizer, param, dataset, depth, batch_size, steps, seed, datasets,
+                    coord_widths, coord_steps, coord_seeds, update_interval) -> dict:
+    """Dashboard's arguments checked and normalized; ValueError/TypeError naming the bad one."""
+    optimizer = check_choice("optimizer", optimizer, [v for _, v in OPTIMIZERS])
+    param = check_choice("param", param, [v for _, v in PARAMS])
+    if datasets is None:
+        datasets = {}
+    if not isinstance(datasets, dict):
+        raise TypeError(f"datasets: expected a dict {{name: Dataset or function}}, got {type(datasets).__name__}")
+    for name, source in datasets.items():
+        if not isinstance(name, str):
+            raise TypeError(f"datasets: expected string names, got {name!r} ({type(name).__name__})")
+        if not (isinstance(source, Dataset) or callable(source)):
+            raise TypeError(f"datasets[{name!r}]: expected an ml.datasets Dataset or a function returning one, "
+                            f"got {source!r} ({type(source).__name__})")
+    names = dataset_names(datasets)
+    if not isinstance(dataset, str) or dataset not in names:
+        raise ValueError(f"dataset: expected one of {', '.join(map(repr, names))} (add others with "
+                         f"datasets={{name: Dataset}}), got {dataset!r}")
+    lr0, damping0 = DEFAULTS[optimizer]
+    out = dict(optimizer=optimizer, param=param, dataset=dataset, datasets=dict(datasets),
+               width=_integer("width", width, *WIDTHS),
+               lr=_number("lr", lr0 if lr is None else lr, *LRS),
+               damping=_number("damping", (damping0 or 1e-3) if damping is None else damping, *DAMPINGS),
+               depth=_integer("depth", depth, *DEPTHS), steps=_integer("steps", steps, *STEPS),
+               batch_size=_integer("batch_size", batch_size), seed=_integer("seed", seed, allow_zero=True),
+               coord_steps=_integer("coord_steps", coord_steps),
+               update_interval=float(check_positive("update_interval", update_interval, allow_zero=True)))
+    if out["batch_size"] not in BATCH_SIZES:
+        raise ValueError(f"batch_size: expected one of {', '.join(map(str, BATCH_SIZES))} (the slider's "
+                         f"options), got {batch_size!r}")
+    if coord_widths is not None:
+        widths = [_integer(f"coord_widths[{i}]", w, 1, WIDTHS[1], where="at most the width slider's maximum")
+                  for i, w in enumerate(_sequence("coord_widths", coord_widths))]
+        if len(set(widths)) < 2 or len(set(widths)) != len(widths):
+            raise ValueError(f"coord_widths: expected at least 2 distinct widths (a slope needs two), "
+                             f"got {coord_widths!r}")
+        coord_widths = sorted(widths)
+    seeds = [_integer(f"coord_seeds[{i}]", x, allow_zero=True)
+             for i, x in enumerate(_sequence("coord_seeds", coord_seeds))]
+    if not seeds:
+        raise ValueError(f"coord_seeds: expected at least one seed, got {coord_seeds!r}")
+    return {**out, "coord_widths": coord_widths, "coord_seeds": tuple(seeds)}

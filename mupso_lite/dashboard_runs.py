@@ -3,7 +3,10 @@
 ``Runs`` is the part of ``Dashboard`` that runs in a ``live.Job`` thread. It builds an
 ``ml.MLP`` and its optimizer from the scaling table (``ml.make_optimizer``), iterates
 ``ml.train`` with the job's stop flag and feeds the records to throttled live figures and
-the status line. No training math happens here.
+the status line. No training math happens here. A divergence (``ml.train``'s last record,
+``mupso_lite.divergence``) shows in red with its message and hint, and as a dashed line on
+the loss plot. Each model and optimizer lives only as long as its run: the optimizer's
+hooks are detached in a ``finally``, so nothing holds them after the job ends.
 """
 from __future__ import annotations
 
@@ -54,6 +57,12 @@ def builtin_datasets() -> list[str]:
     return names + (["mnist1d"] if importlib.util.find_spec("mnist1d") else [])
 
 
+def release(optimizer) -> None:
+    """Detach an optimizer's capture hooks (K-FAC, Shampoo, FOOF) from its model."""
+    if hasattr(optimizer, "remove_hooks"):
+        optimizer.remove_hooks()
+
+
 class Runs:
     """The training and width-view jobs; mixed into ``Dashboard`` (which owns the widgets)."""
 
@@ -73,48 +82,62 @@ class Runs:
         damping = s.damping if DEFAULTS[s.optimizer][1] is not None else None
         return model, make_optimizer(model, s.optimizer, lr=s.lr, damping=damping, param=param)
 
+    @staticmethod
+    def _layers(s: Settings, data: Dataset) -> list:
+        """[(name, role)] of the tagged layers (they depend on the depth only: a base-width model)."""
+        model = MLP(data.d_in, data.d_out, BASE_WIDTH, s.depth, base_width=BASE_WIDTH, optimizer=s.optimizer)
+        return [(name, role) for name, _, role in layer_roles(model)]
+
     def _train_job(self, job: Job, s: Settings, params: list, requested: float) -> None:
         """Train once per parametrization in ``params``, feeding the loss and feature figures."""
         self.records, self.messages, self.timings = [], [], {}
         device = self._device_name()
         data = self._dataset(s.dataset)
         classify = data.task == "classification"
-        first = self._model(s, data, params[0])
-        layers = [(name, role) for name, _, role in layer_roles(first[0])]
+        layers = self._layers(s, data)
         self._reset_train_figures(params, layers, classify)
-        loss_fig, feat_fig = self.live["loss"], self.live["feature"]
         for k, param in enumerate(params):
             if job.stopped:
                 break
-            model, opt = first if k == 0 else self._model(s, data, param)
-            tag = f"{LABEL[param]} " if len(params) > 1 else ""
-            rec = None
-            for rec in train(model, opt, data, steps=s.steps, batch_size=s.batch_size, seed=s.seed,
-                             eval_every=max(1, s.steps // 25), device=self.device, stop=job.stop_event):
-                self.records.append({**rec, "param": param})
-                loss_fig.add(2 * k, rec["step"], rec["loss"])
-                test = rec.get("test_accuracy" if classify else "test_loss")
-                if test is not None:
-                    loss_fig.add(2 * k + 1, rec["step"], test)
-                for j, (name, _) in enumerate(layers):
-                    feat_fig.add(k * len(layers) + j, rec["step"], rec["feature_change"].get(name, math.nan))
-                rate = rec["step"] / max(rec["seconds"], 1e-9)
-                first_point = "first_point_s" not in self.timings
-                if loss_fig.flush(force=first_point) | feat_fig.flush(force=first_point):
-                    self.timings.setdefault("first_point_s", time.monotonic() - requested)
-                    self._set_status(f"device: {device} · {tag}step {rec['step']}/{s.steps} · "
-                                     f"{rate:.1f} steps/s · loss {rec['loss']:.3g}")
-                if rec["diverged"]:
-                    self.messages.append(f"{tag}{rec['message']}")
-                if job.stopped:
-                    break
-            if rec is not None:
-                self.timings["steps_per_s"] = rec["step"] / max(rec["seconds"], 1e-9)
-            if hasattr(opt, "remove_hooks"):
-                opt.remove_hooks()
-        loss_fig.flush(force=True)
-        feat_fig.flush(force=True)
+            model, opt = self._model(s, data, param)
+            try:
+                self._train_one(job, s, k, params, model, opt, data, layers, device, requested)
+            finally:  # K-FAC/Shampoo hooks off the model, so both are freed with this frame
+                release(opt)
+            del model, opt
+        self.live["loss"].flush(force=True)
+        self.live["feature"].flush(force=True)
         self._finish_train_status(job, s, device, params, classify)
+
+    def _train_one(self, job, s, k, params, model, opt, data, layers, device, requested) -> None:
+        loss_fig, feat_fig = self.live["loss"], self.live["feature"]
+        param, classify = params[k], data.task == "classification"
+        tag = f"{LABEL[param]} " if len(params) > 1 else ""  # "SP step 3/40"
+        prefix = f"{LABEL[param]}: " if len(params) > 1 else ""  # "SP: diverged at step 7: ..."
+        rec = None
+        for rec in train(model, opt, data, steps=s.steps, batch_size=s.batch_size, seed=s.seed,
+                         eval_every=max(1, s.steps // 25), device=self.device, stop=job.stop_event):
+            self.records.append({**rec, "param": param})
+            loss_fig.add(2 * k, rec["step"], rec["loss"])
+            test = rec.get("test_accuracy" if classify else "test_loss")
+            if test is not None:
+                loss_fig.add(2 * k + 1, rec["step"], test)
+            changes = rec.get("feature_change", {})  # a diverged loss has no feature change
+            for j, (name, _) in enumerate(layers):
+                feat_fig.add(k * len(layers) + j, rec["step"], changes.get(name, math.nan))
+            rate = rec["step"] / max(rec["seconds"], 1e-9)
+            first_point = "first_point_s" not in self.timings or rec["diverged"]
+            if loss_fig.flush(force=first_point) | feat_fig.flush(force=first_point):
+                self.timings.setdefault("first_point_s", time.monotonic() - requested)
+                self._set_status(f"device: {device} · {tag}step {rec['step']}/{s.steps} · "
+                                 f"{rate:.1f} steps/s · loss {rec['loss']:.3g}")
+            if rec["diverged"]:
+                self.messages.append(f"{prefix}{rec['message']} · {rec['hint']}")
+                loss_fig.mark(rec["step"], f"{tag}diverged at step {rec['step']}")
+            if job.stopped:
+                break
+        if rec is not None:
+            self.timings["steps_per_s"] = rec["step"] / max(rec["seconds"], 1e-9)
 
     def _finish_train_status(self, job, s, device, params, classify) -> None:
         parts = [f"device: {device}"]
@@ -124,13 +147,15 @@ class Runs:
                 continue
             last, tag = recs[-1], (f"{LABEL[param]}: " if len(params) > 1 else "")
             if last["diverged"]:
-                parts.append(f"{tag}{last['message']} (try a smaller learning rate)")
+                parts.append(f"{tag}{last['message']} · {last['hint']}")
             elif last["step"] < s.steps:
                 parts.append(f"{tag}stopped at step {last['step']}")
             else:
                 metric = (f"test accuracy {last['test_accuracy']:.3f}" if classify and "test_accuracy" in last
                           else f"test loss {last.get('test_loss', math.nan):.3g}")
                 parts.append(f"{tag}done, {s.steps} steps, loss {last['loss']:.3g}, {metric}")
+        if len(parts) == 1:
+            parts.append("stopped before the first step")
         parts.append(f"{self.timings.get('steps_per_s', 0):.1f} steps/s")
         bad = any(r["diverged"] for r in self.records)
         self._set_status(" · ".join(parts), "#c00" if bad else "#333")
@@ -157,7 +182,7 @@ class Runs:
                                        <= max(s.width, 256)]
         data, device = self._dataset(s.dataset), self._device_name()
         self.width_points, self.messages = [], []
-        layers = [(name, role) for name, _, role in layer_roles(self._model(s, data, s.param, widths[0])[0])]
+        layers = self._layers(s, data)
         traces = []
         for j, (name, role) in enumerate(layers):
             color = COLORS[j % len(COLORS)]
@@ -167,30 +192,36 @@ class Runs:
         title = (f"width view: {LABEL[s.param]} {dict((v, k) for k, v in OPTIMIZERS)[s.optimizer]}, "
                  f"feature change after {self.coord_steps} steps")
         self.live["width"].reset(traces, layout=dict(title_text=title))
+        diverged, hint = [], ""
         for i, width in enumerate(widths):
             for seed in self.coord_seeds:
                 if job.stopped:
                     return self._set_status(f"device: {device} · width view stopped at width {width}")
                 self._set_status(f"device: {device} · width view: width {width} ({i + 1}/{len(widths)}), seed {seed}")
                 model, opt = self._model(s, data, s.param, width, seed)
-                last = None
-                for last in train(model, opt, data, steps=self.coord_steps, batch_size=s.batch_size,
-                                  seed=seed, device=self.device, stop=job.stop_event):
-                    if last["diverged"]:
-                        self.messages.append(f"width {width}: {last['message']}")
-                if hasattr(opt, "remove_hooks"):
-                    opt.remove_hooks()
-                if last is None or last["step"] < self.coord_steps:
-                    continue
+                try:
+                    last = None
+                    for last in train(model, opt, data, steps=self.coord_steps, batch_size=s.batch_size,
+                                      seed=seed, device=self.device, stop=job.stop_event):
+                        pass
+                finally:
+                    release(opt)
+                del model, opt
+                if last is not None and last["diverged"]:
+                    self.messages.append(f"width {width}: {last['message']} · {last['hint']}")
+                    diverged.append(f"width {width}: {last['message']}")
+                    hint = last["hint"]
+                if last is None or last["diverged"] or last["step"] < self.coord_steps:
+                    continue  # no point: stopped, or diverged (no finite feature change)
                 for name, role in layers:
                     self.width_points.append(dict(width=width, seed=seed, layer=name, role=role,
                                                   feature_change=last["feature_change"][name]))
             self._update_width_figure(layers)
         self.live["width"].flush(force=True)
         slopes = ", ".join(f"{role} {self.slopes().get(name, math.nan):+.2f}" for name, role in layers)
-        extra = f" · {'; '.join(self.messages)}" if self.messages else ""
+        extra = f" · {'; '.join(diverged)} · {hint}" if diverged else ""
         self._set_status(f"device: {device} · width view done: slopes {slopes} (μP predicts 0){extra}",
-                         "#c00" if self.messages else "#333")
+                         "#c00" if diverged else "#333")
 
     def slopes(self) -> dict:
         """{layer: fitted exponent} of the last width view (slope of log feature change vs log M)."""

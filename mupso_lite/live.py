@@ -2,14 +2,20 @@
 
 A ``Job`` runs one function in a daemon thread with a ``threading.Event`` stop flag. A new
 job first stops and waits for the job it replaces, so at most one run touches the figures
-at a time and the notebook's own thread never blocks. ``LiveFigure`` keeps the numbers of
-each trace in plain Python lists and pushes them to a plotly ``FigureWidget`` at most every
-``interval`` seconds (one batched message per push), so a fast run cannot flood the browser.
+at a time and the notebook's own thread never blocks. A finished job keeps nothing of its
+run alive: it drops its target, the job it replaced and the traceback of its error (whose
+frames would hold the run's model and optimizer); ``job.traceback`` keeps the text.
+
+``LiveFigure`` keeps the numbers of each trace in plain Python lists and pushes them to a
+plotly ``FigureWidget`` at most every ``interval`` seconds (one batched message per push),
+so a fast run cannot flood the browser.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
+import traceback
 from typing import Callable
 
 
@@ -25,6 +31,7 @@ class Job:
         self.target, self.previous, self.on_error, self.name = target, previous, on_error, name
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
+        self.traceback = ""  # the formatted traceback of ``error``
         self.thread = threading.Thread(target=self._main, name=f"mupso-dashboard-{name}", daemon=True)
 
     def start(self) -> "Job":
@@ -49,17 +56,30 @@ class Job:
         return not self.thread.is_alive()
 
     def _main(self) -> None:
-        if self.previous is not None:
-            self.previous.join()
-            self.previous = None  # let the finished job be garbage-collected
-        if self.stopped:  # replaced before it could start
-            return
         try:
+            if self.previous is not None:
+                self.previous.join()
+                self.previous = None  # let the finished job be garbage-collected
+            if self.stopped:  # replaced before it could start
+                return
             self.target(self)
         except Exception as e:  # noqa: BLE001 - shown in the status line instead
-            self.error = e
+            self.traceback = traceback.format_exc()
+            self.error = _without_frames(e)
             if self.on_error is not None:
-                self.on_error(e)
+                self.on_error(self.error)
+        finally:
+            self.target = self.on_error = None  # closures over the run's settings and figures
+
+
+def _without_frames(error: BaseException) -> BaseException:
+    """``error`` with the tracebacks of it and its causes cleared (they hold the run's locals)."""
+    seen, e = set(), error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    return error
 
 
 class Throttle:
@@ -79,9 +99,11 @@ class Throttle:
 class LiveFigure:
     """The data of a FigureWidget's traces, kept here and pushed in throttled batches.
 
-    ``reset(traces)`` replaces all traces (a list of ``go.Scatter``); ``add(i, x, y)``
-    appends a point to trace ``i``; ``set(i, xs, ys)`` replaces its data; ``flush()``
-    sends everything that changed since the last flush in one ``batch_update``.
+    ``reset(traces)`` replaces all traces (a list of ``go.Scatter``) and removes the marks;
+    ``add(i, x, y)`` appends a point to trace ``i``; ``set(i, xs, ys)`` replaces its data;
+    ``flush()`` sends everything that changed since the last flush in one ``batch_update``;
+    ``mark(x, text)`` draws a labelled vertical line (a layout shape and annotation, so the
+    browser shows it too). Non-finite values are stored as None: a gap in the line.
     """
 
     def __init__(self, figure, interval: float = 0.15):
@@ -99,17 +121,29 @@ class LiveFigure:
         with self.figure.batch_update():
             self.figure.data = []
             self.figure.add_traces(traces)
+            self.figure.layout.shapes = []
+            self.figure.layout.annotations = []
             if layout:
                 self.figure.update_layout(**layout)
 
     def add(self, i: int, x, y) -> None:
         self.xs[i].append(x)
-        self.ys[i].append(y)
+        self.ys[i].append(_finite(y))
         self.dirty.add(i)
 
     def set(self, i: int, xs, ys) -> None:
-        self.xs[i], self.ys[i] = list(xs), list(ys)
+        self.xs[i], self.ys[i] = list(xs), [_finite(y) for y in ys]
         self.dirty.add(i)
+
+    def mark(self, x, text: str, color: str = "#c00") -> None:
+        """A dashed vertical line at ``x`` labelled ``text`` (e.g. where a run diverged); the
+        labels of later marks sit lower, so two marks at the same step stay readable."""
+        y = 1 - 0.08 * len(self.figure.layout.annotations)
+        with self.figure.batch_update():
+            self.figure.add_shape(type="line", xref="x", yref="paper", x0=x, x1=x, y0=0, y1=1,
+                                  line=dict(color=color, width=1.5, dash="dash"))
+            self.figure.add_annotation(x=x, xref="x", y=y, yref="paper", text=text, showarrow=False,
+                                       xanchor="right", yanchor="top", font=dict(color=color, size=11))
 
     def flush(self, force: bool = False) -> bool:
         """Push the changed traces if the throttle allows (or ``force``); True if pushed."""
@@ -122,3 +156,7 @@ class LiveFigure:
         self.dirty.clear()
         self.pushes += 1
         return True
+
+
+def _finite(y):
+    return y if y is None or math.isfinite(y) else None

@@ -1,4 +1,5 @@
 """The dashboard driven without a browser: runs, stop, restart, errors, divergence, figures."""
+import threading
 import time
 
 import pytest
@@ -96,6 +97,39 @@ def test_divergence_is_reported_with_its_step():
     k = dash.records[-1]["step"]
     assert dash.records[-1]["diverged"] and k < 100
     assert f"diverged at step {k}" in dash.status
+
+
+def test_a_blow_up_is_reported_with_a_hint_and_marked_on_the_loss_plot():
+    # SGD at lr 10 in SP: the loss goes 2.3 -> 300 in a few steps without ever being NaN
+    dash = Dashboard(width=512, optimizer="sgd", param="sp", lr=10.0, steps=40).run(wait=True)
+    last = dash.records[-1]
+    assert last["diverged"] and last["step"] < 40 and last["hint"] == "lower the learning rate"
+    assert f"diverged at step {last['step']}: the loss rose" in dash.status
+    assert " for 5 steps · lower the learning rate · " in dash.status
+    assert "color:#c00" in dash.status_widget.value
+    assert dash.messages == [f"{last['message']} · lower the learning rate"]
+    (line,), (note,) = dash.loss_figure.layout.shapes, dash.loss_figure.layout.annotations
+    assert line.x0 == last["step"] and note.text == f"diverged at step {last['step']}"
+    assert dash.snapshot("loss").layout.shapes[0].x0 == last["step"]  # a saved notebook keeps it
+
+
+def test_compare_reports_divergence_per_parametrization():
+    dash = Dashboard(width=512, optimizer="sgd", lr=10.0, steps=40).compare(wait=True)
+    assert "SP: diverged at step" in dash.status and "lower the learning rate" in dash.status
+    assert "μP: done, 40 steps" in dash.status  # the same lr is fine under μP
+    assert len(dash.messages) == 1 and dash.messages[0].startswith("SP: diverged at step")
+    assert [a.text for a in dash.loss_figure.layout.annotations] == [
+        f"SP diverged at step {max(r['step'] for r in dash.records if r['param'] == 'sp')}"]
+
+
+def test_close_stops_the_run_and_closes_the_widgets():
+    baseline = threading.active_count()
+    dash = Dashboard(width=64, steps=2000)
+    box = dash.widget
+    dash.run()
+    dash.close()
+    assert not dash.running and threading.active_count() == baseline
+    assert box.comm is None and dash.loss_figure.comm is None and dash.controls["width"].comm is None
 
 
 def test_compare_overlays_sp_and_mup():
