@@ -62,16 +62,22 @@ def test_relative_eps_uses_lambda_max():
     torch.testing.assert_close(net[2].weight.detach(), expected)
 
 
-def test_update_interval_caches_roots_but_sums_every_step():
-    net = make_net()
-    opt = ml.Shampoo(net.parameters(), lr=0.05, eps=1e-3, update_interval=3, warmup=0)
+def first_layer_roots(net, opt, steps):
+    """The first layer's left inverse root after each of ``steps`` optimizer steps."""
     roots = []
-    for step in range(4):
+    for step in range(steps):
         x, y = batch(step)
         opt.zero_grad()
         F.cross_entropy(net(x), y).backward()
         opt.step()
         roots.append(opt.state[net[0].weight]["L_root"].clone())
+    return roots
+
+
+def test_update_interval_caches_roots_but_sums_every_step():
+    net = make_net()
+    opt = ml.Shampoo(net.parameters(), lr=0.05, eps=1e-3, update_interval=3, warmup=0)
+    roots = first_layer_roots(net, opt, 4)
     assert torch.equal(roots[0], roots[1]) and torch.equal(roots[1], roots[2])
     assert not torch.equal(roots[2], roots[3])   # refreshed at step 3
 
@@ -81,13 +87,7 @@ def test_warm_up_refreshes_roots_every_step_then_every_interval():
     opt = ml.Shampoo(net.parameters(), lr=0.05, eps=1e-3, update_interval=3, warmup=2)
     assert ml.Shampoo(net.parameters(), update_interval=3).warmup == 20
     assert ml.Shampoo(net.parameters(), update_interval=1).warmup == 0
-    roots = []
-    for step in range(6):
-        x, y = batch(step)
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-        roots.append(opt.state[net[0].weight]["L_root"].clone())
+    roots = first_layer_roots(net, opt, 6)
     fresh = [k == 0 or not torch.equal(roots[k - 1], roots[k]) for k in range(6)]
     assert fresh == [True, True, False, True, False, False]   # warm-up 0, 1; then steps 3, 6, ...
 
