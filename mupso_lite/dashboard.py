@@ -40,13 +40,16 @@ from .train import resolve_device
 # The controls' ranges; an argument outside them raises (a slider would clamp it silently).
 WIDTHS, LRS, DAMPINGS, DEPTHS, STEPS = (32, 4096), (1e-4, 10.0), (1e-6, 1.0), (2, 6), (5, 2000)
 BATCH_SIZES = (16, 32, 64, 128, 256, 512)
+FISHER_CHOICES = [("auto: MC for regression", "auto"), ("empirical", "empirical"), ("MC (sampled)", "mc")]
 
 
 class Dashboard(Runs):
     """Widgets and live plotly figures around ``ml.train``; see the module docstring.
 
     Args are the controls' starting values; ``lr``/``damping`` default to good values for
-    the optimizer. ``datasets`` adds choices: {name: Dataset or zero-argument function}.
+    the optimizer. ``fisher`` ("auto", "empirical" or "mc") is K-FAC's and FOOF's Fisher:
+    "auto" samples targets (MC) for the squared loss of the regression datasets.
+    ``datasets`` adds choices: {name: Dataset or zero-argument function}.
     ``coord_widths``, ``coord_steps``, ``coord_seeds`` configure the width view
     (default widths: powers of two from 64 up to the width control, at least 256).
     A value outside its control's range raises ValueError (a slider would clamp it silently).
@@ -54,12 +57,14 @@ class Dashboard(Runs):
 
     def __init__(self, width: int = 256, lr: float | None = None, damping: float | None = None,
                  optimizer: str = "sgd", param: str = "mup", dataset: str = "digits", depth: int = 3,
-                 batch_size: int = 64, steps: int = 200, seed: int = 0, datasets: dict | None = None,
+                 batch_size: int = 64, steps: int = 200, seed: int = 0, fisher: str = "auto",
+                 datasets: dict | None = None,
                  device: str = "auto", coord_widths=None, coord_steps: int = 3, coord_seeds=(0,),
                  update_interval: float = 0.15):
         # every argument is checked before any widget or thread exists
         args = check_arguments(width=width, lr=lr, damping=damping, optimizer=optimizer, param=param,
                                dataset=dataset, depth=depth, batch_size=batch_size, steps=steps, seed=seed,
+                               fisher=fisher,
                                datasets=datasets, coord_widths=coord_widths, coord_steps=coord_steps,
                                coord_seeds=coord_seeds, update_interval=update_interval)
         self.device = resolve_device(device)
@@ -79,12 +84,12 @@ class Dashboard(Runs):
         self.timings: dict[str, float] = {}  # first_point_s, steps_per_s of the last run
         self.messages: list[str] = []        # divergence messages (with their hints) of the last run
         self._build_controls(args["width"], args["lr"], args["damping"], args["optimizer"], args["param"],
-                             args["dataset"], args["depth"], args["batch_size"], args["steps"])
+                             args["dataset"], args["depth"], args["batch_size"], args["steps"], args["fisher"])
         self._build_figures()
         self._set_status(f"device: {self._device_name()} · ready: press Run")
 
     # ------------------------------------------------------------------ controls and layout
-    def _build_controls(self, width, lr, damping, optimizer, param, dataset, depth, batch_size, steps):
+    def _build_controls(self, width, lr, damping, optimizer, param, dataset, depth, batch_size, steps, fisher):
         style, wide = {"description_width": "100px"}, W.Layout(width="330px")
         kw = dict(continuous_update=False, style=style, layout=wide)
         def log_slider(value, base, bounds, step, description, fmt):
@@ -105,8 +110,11 @@ class Dashboard(Runs):
             "batch_size": W.SelectionSlider(options=list(BATCH_SIZES), value=batch_size,
                                             description="batch size", **kw),
             "steps": W.IntSlider(value=steps, min=STEPS[0], max=STEPS[1], step=5, description="steps", **kw),
+            "fisher": W.Dropdown(options=FISHER_CHOICES, value=fisher, description="Fisher (K-FAC)",
+                                 style=style, layout=wide),
         }
         c["damping"].disabled = DEFAULTS[optimizer][1] is None
+        c["fisher"].disabled = optimizer not in ("kfac", "foof")
         for name, control in c.items():
             control.observe(lambda change, name=name: self._on_change(name), names="value")
         self.buttons = {
@@ -147,7 +155,7 @@ class Dashboard(Runs):
         if not hasattr(self, "_widget"):
             c, b = self.controls, self.buttons
             grid = W.GridBox([c["width"], c["lr"], c["damping"], c["optimizer"], c["param"], c["dataset"],
-                              c["depth"], c["batch_size"], c["steps"]],
+                              c["depth"], c["batch_size"], c["steps"], c["fisher"]],
                              layout=W.Layout(grid_template_columns="repeat(3, 340px)"))
             self._widget = W.VBox([grid, W.HBox(list(b.values())), self.status_widget,
                                    W.HBox([self.loss_figure, self.feature_figure]), self.width_figure])
@@ -227,7 +235,7 @@ class Dashboard(Runs):
         v = {name: control.value for name, control in self.controls.items()}
         return Settings(width=int(round(v["width"])), lr=float(v["lr"]), damping=float(v["damping"]),
                         optimizer=v["optimizer"], param=v["param"], dataset=v["dataset"], depth=int(v["depth"]),
-                        batch_size=int(v["batch_size"]), steps=int(v["steps"]), seed=self.seed)
+                        batch_size=int(v["batch_size"]), steps=int(v["steps"]), seed=self.seed, fisher=v["fisher"])
 
     def snapshot(self, which: str = "loss") -> go.Figure:
         """A static copy of the "loss", "feature" or "width" figure (stays in a saved notebook)."""
@@ -262,6 +270,7 @@ class Dashboard(Runs):
                 if damping is not None:
                     self.controls["damping"].value = damping
                 self.controls["damping"].disabled = damping is None
+                self.controls["fisher"].disabled = self.controls["optimizer"].value not in ("kfac", "foof")
             finally:
                 self._quiet = False
         if self.running and not self._closed:  # restart what was running with the new settings
@@ -347,8 +356,8 @@ def _sequence(arg: str, value) -> tuple:
     return tuple(value)
 
 
-def check_arguments(width, lr, damping, optimizer, param, dataset, depth, batch_size, steps, seed, datasets,
-                    coord_widths, coord_steps, coord_seeds, update_interval) -> dict:
+def check_arguments(width, lr, damping, optimizer, param, dataset, depth, batch_size, steps, seed, fisher,
+                    datasets, coord_widths, coord_steps, coord_seeds, update_interval) -> dict:
     """Dashboard's arguments checked and normalized; ValueError/TypeError naming the bad one."""
     optimizer = check_choice("optimizer", optimizer, [v for _, v in OPTIMIZERS])
     param = check_choice("param", param, [v for _, v in PARAMS])
@@ -367,7 +376,8 @@ def check_arguments(width, lr, damping, optimizer, param, dataset, depth, batch_
         raise ValueError(f"dataset: expected one of {', '.join(map(repr, names))} (add others with "
                          f"datasets={{name: Dataset}}), got {dataset!r}")
     lr0, damping0 = DEFAULTS[optimizer]
-    out = dict(optimizer=optimizer, param=param, dataset=dataset, datasets=dict(datasets),
+    fisher = check_choice("fisher", fisher, [v for _, v in FISHER_CHOICES])
+    out = dict(optimizer=optimizer, param=param, dataset=dataset, datasets=dict(datasets), fisher=fisher,
                width=_integer("width", width, *WIDTHS),
                lr=_number("lr", lr0 if lr is None else lr, *LRS),
                damping=_number("damping", (damping0 or 1e-3) if damping is None else damping, *DAMPINGS),

@@ -49,6 +49,7 @@ class Settings:
     batch_size: int
     steps: int
     seed: int = 0
+    fisher: str = "auto"   # K-FAC/FOOF only: "auto" (MC for the squared loss), "empirical", "mc"
 
 
 def builtin_datasets() -> list[str]:
@@ -80,7 +81,8 @@ class Runs:
         model = MLP(data.d_in, data.d_out, width or s.width, s.depth, base_width=BASE_WIDTH, param=param,
                     optimizer=s.optimizer, seed=s.seed if seed is None else seed)
         damping = s.damping if DEFAULTS[s.optimizer][1] is not None else None
-        return model, make_optimizer(model, s.optimizer, lr=s.lr, damping=damping, param=param)
+        options = {"fisher": s.fisher} if s.optimizer in ("kfac", "foof") else {}
+        return model, make_optimizer(model, s.optimizer, lr=s.lr, damping=damping, param=param, **options)
 
     @staticmethod
     def _layers(s: Settings, data: Dataset) -> list:

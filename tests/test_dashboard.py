@@ -158,3 +158,19 @@ def test_figure_updates_are_throttled():
     seconds = dash.records[-1]["seconds"]
     assert dash.live["loss"].pushes <= seconds / 0.2 + 3
     assert len(dash.loss_figure.data[0].x) == 400  # but every point arrives
+
+
+def test_fisher_control_reaches_the_optimizer():
+    dash = Dashboard(width=32, optimizer="kfac", dataset="teacher_regression", steps=5, depth=2)
+    assert dash.controls["fisher"].value == "auto" and not dash.controls["fisher"].disabled
+    data = dash._dataset("teacher_regression")
+    for choice in ("auto", "empirical", "mc"):
+        dash.controls["fisher"].value = choice
+        _, opt = dash._model(dash.settings(), data, "mup")
+        assert opt.fisher == choice
+        opt.remove_hooks()
+    dash.controls["optimizer"].value = "sgd"
+    assert dash.controls["fisher"].disabled
+    with pytest.raises(ValueError, match=r"fisher: expected one of 'auto', 'empirical', 'mc', got 'exact'"):
+        Dashboard(fisher="exact")
+    dash.close()

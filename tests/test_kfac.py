@@ -286,3 +286,39 @@ def test_warm_up_refreshes_inverses_while_the_factor_average_is_young():
     assert max(losses) < 3 * losses[0] and losses[-1] < 0.5 and recs[-1]["test_accuracy"] > 0.8
     _, cold = run(warmup=0)
     assert max(r["loss"] for r in cold) > 30 * losses[0]
+
+
+def test_auto_fisher_is_mc_for_the_squared_loss():
+    """The default fisher="auto" samples targets (MC) for the squared loss: its run equals
+    fisher="mc" exactly, and for cross-entropy it equals fisher="empirical"."""
+    reg = ml.datasets.teacher(task="regression", n_train=256)
+
+    def run(data, **opts):
+        model = ml.MLP(data.d_in, data.d_out, 32, base_width=16, seed=0)
+        opt = ml.make_optimizer(model, "kfac", lr=0.1, **opts)
+        return opt, [r["loss"] for r in ml.run(model, opt, data, steps=8)]
+    opt, auto = run(reg)
+    assert opt.fisher == "auto" and opt.fisher_for("mse") == "mc" and opt.fisher_for("cross_entropy") == "empirical"
+    assert auto == run(reg, fisher="mc")[1] != run(reg, fisher="empirical")[1]
+    assert auto[-1] < 0.2 * auto[0]
+    digits = ml.datasets.digits()
+    assert run(digits)[1] == run(digits, fisher="empirical")[1] != run(digits, fisher="mc")[1]
+
+
+def test_the_batch_check_leaves_the_global_random_stream_alone():
+    from mupso_lite.optim.linalg import matches_batch
+    g = torch.Generator().manual_seed(0)
+    x, gout = torch.randn(8, 5, generator=g), torch.randn(8, 3, generator=g)
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    assert matches_batch(gout.T @ x, gout, x) and not matches_batch(gout.T @ x + 1, gout, x)
+    assert torch.equal(torch.rand(3), expected)
+    # so switching the check does not change which labels the MC Fisher samples
+    losses = []
+    for check in (True, False):
+        model = ml.MLP(64, 10, 32, seed=0)
+        recs = ml.run(model, ml.make_optimizer(model, "kfac", lr=0.1, fisher="mc", check_batch=check), "digits",
+                      steps=4, seed=3)
+        losses.append([r["loss"] for r in recs])
+    assert losses[0] == losses[1]

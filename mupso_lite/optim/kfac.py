@@ -37,7 +37,9 @@ Damping (``damping_mode``):
 
 ``fisher="empirical"`` uses the training labels' gradients; ``fisher="mc"`` samples labels
 from the model (call ``opt.sample_fisher(outputs)`` between the forward and backward pass;
-``ml.train`` does). Parameters outside role-tagged layers get plain SGD (with momentum).
+``ml.train`` does); ``fisher="auto"`` (the default) is "mc" for the squared loss and
+"empirical" for cross-entropy. For regression the empirical Fisher shrinks with the
+residuals, so its preconditioned step grows as the fit improves and the run blows up. Parameters outside role-tagged layers get plain SGD (with momentum).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ from .checkpoint import check_loadable, stamp
 from .linalg import damped_inverse, matches_batch, precondition, pushthrough_precondition
 
 DAMPING_MODES = ("fixed", "pi", "trace")
+FISHERS = ("auto", "empirical", "mc")
 
 
 class KFAC(torch.optim.Optimizer):
@@ -66,7 +69,7 @@ class KFAC(torch.optim.Optimizer):
         damping: rho, the base damping (used by every mode).
         damping_a, damping_b: rho_A and rho_B for ``damping_mode="fixed"`` (default: damping).
         damping_mode: "fixed", "pi" or "trace" (see the module docstring).
-        fisher: "empirical" or "mc".
+        fisher: "auto" (MC for the squared loss, else empirical), "empirical" or "mc".
         loss: "cross_entropy" or "mse", the loss the MC Fisher samples from.
         ema_decay: factor EMA decay in [0, 1).
         factor_interval, inverse_interval: refresh factors / inverses every this many steps.
@@ -86,7 +89,7 @@ class KFAC(torch.optim.Optimizer):
     """
 
     def __init__(self, model: nn.Module, lr: float = 0.1, damping: float = 0.1, damping_a: float | None = None,
-                 damping_b: float | None = None, damping_mode: str = "fixed", fisher: str = "empirical",
+                 damping_b: float | None = None, damping_mode: str = "fixed", fisher: str = "auto",
                  loss: str = "cross_entropy", ema_decay: float = 0.95, factor_interval: int = 1,
                  inverse_interval: int = 10, foof: bool = False, momentum: float = 0.0,
                  weight_decay: float = 0.0, params=None, check_batch: bool = True,
@@ -97,7 +100,7 @@ class KFAC(torch.optim.Optimizer):
             if v is not None:
                 check_positive(arg, v, allow_zero=True)
         self.damping_mode = check_choice("damping_mode", damping_mode, DAMPING_MODES)
-        self.fisher = check_choice("fisher", fisher, ("empirical", "mc"))
+        self.fisher = check_choice("fisher", fisher, FISHERS)
         if loss not in LOSSES:
             raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
         self.loss = loss
@@ -130,17 +133,24 @@ class KFAC(torch.optim.Optimizer):
         self._steps = 0
 
     # ------------------------------------------------------------------ Fisher sampling
+    def fisher_for(self, loss: str) -> str:
+        """"mc" or "empirical": the Fisher this optimizer uses with ``loss``."""
+        if self.fisher == "auto":
+            return "mc" if loss == "mse" else "empirical"
+        return self.fisher
+
     def sample_fisher(self, outputs: torch.Tensor, loss: str | None = None) -> None:
-        """For ``fisher="mc"``: back-propagate a loss on labels sampled from the model,
-        keeping the graph, and store those output gradients for B. No-op otherwise.
+        """For the MC Fisher (``fisher="mc"``, or "auto" with the squared loss): back-propagate a
+        loss on labels sampled from the model, keeping the graph, and store those output
+        gradients for B. No-op otherwise.
 
         ``loss`` ("cross_entropy" or "mse") overrides the constructor's; ``ml.train`` passes
         the loss it trains with, so the sampled targets always match the task."""
-        if self.fisher != "mc" or not self._refreshes_factors(self._steps):
-            return
         loss = self.loss if loss is None else loss
         if loss not in LOSSES:
             raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+        if self.fisher_for(loss) != "mc" or not self._refreshes_factors(self._steps):
+            return
         names = [n for n in self.modules_by_name if n in self.capture.outputs()]
         targets = sample_targets(outputs, loss)
         sampled = loss_function(loss)(outputs, targets)
@@ -217,7 +227,7 @@ class KFAC(torch.optim.Optimizer):
         """Factors and inverses are exactly the current batch's every step (no EMA, intervals 1),
         the Fisher is empirical and the damping positive: the push-through path applies."""
         if self.ema_decay != 0.0 or self.factor_interval != 1 or self.inverse_interval != 1 \
-                or self.fisher != "empirical":
+                or self._fisher_gout:
             return False
         if self.damping_mode != "fixed":
             return group["damping"] > 0
@@ -253,9 +263,7 @@ class KFAC(torch.optim.Optimizer):
             st["B"].addmm_(delta.T, delta, beta=beta, alpha=w * n)          # = (1/N) sum (N g)(N g)^T
 
     def _delta(self, name):
-        if self.fisher == "mc":
-            return self._fisher_gout.get(name, self.capture.gout(name))
-        return self.capture.gout(name)
+        return self._fisher_gout.get(name, self.capture.gout(name))   # sampled this step, if MC
 
     def damping_for(self, group, st, traces=None) -> tuple[float, float]:
         """(rho_A, rho_B) this layer uses, per ``damping_mode``. ``traces`` = (tr A, dim A,

@@ -94,8 +94,13 @@ def precondition(left: torch.Tensor | None, grad: torch.Tensor, right: torch.Ten
 
 
 def matches_batch(grad: torch.Tensor, gout: torch.Tensor, x: torch.Tensor, rtol: float = 1e-3) -> bool:
-    """Whether grad == gout^T x, checked on one random direction v: |grad v - gout^T (x v)|."""
-    v = torch.randn(grad.shape[1], 1, dtype=grad.dtype, device=grad.device)
+    """Whether grad == gout^T x, checked on one random direction v: |grad v - gout^T (x v)|.
+
+    v is drawn from its own generator with a fixed seed: the check neither moves the global
+    random stream (which the MC Fisher and the user's code draw from) nor depends on what ran
+    before, so runs repeat exactly. Any edit of .grad (clipping, accumulation) moves grad v."""
+    gen = torch.Generator(device=grad.device).manual_seed(0)
+    v = torch.randn(grad.shape[1], 1, dtype=grad.dtype, device=grad.device, generator=gen)
     a = grad @ v
     b = gout.T.to(grad.dtype) @ (x.to(grad.dtype) @ v)
     return bool(torch.linalg.vector_norm(a - b) <= rtol * torch.linalg.vector_norm(a) + 1e-30)
