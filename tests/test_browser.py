@@ -94,7 +94,7 @@ def test_playground_in_a_real_browser(lab):
             page.locator(".lm-MenuBar-item", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
             # the last code cell runs the width view; its end shows in the status line
-            page.wait_for_selector(".widget-slider", timeout=90_000)
+            page.wait_for_selector(".widget-slider", timeout=240_000)  # a busy 2-core machine is slow to start a kernel
             page.wait_for_function("() => document.body.innerText.includes('width view done')", timeout=240_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
 
