@@ -253,7 +253,7 @@ def train_table(widths=(256, 1024), steps=40):
     load("digits")   # the dataset load itself is not what we measure (cached after this)
     for name in ("sgd", "kfac", "foof", "shampoo"):
         for width in widths:
-            model = ml.MLP(64, 10, width, 3, base_width=64, param="mup", optimizer=name)
+            model = ml.MLP(64, 10, width, 3, base_width=64, param="mup")
             opt = ml.make_optimizer(model, name, lr=0.05 if name != "adam" else 1e-3)
             t = time.perf_counter()   # wall clock: latency is what a user waits
             it = ml.train(model, opt, "digits", steps=steps, eval_every=10, device="cpu")

@@ -16,7 +16,7 @@ STEPS = 60
 
 def plain_rate(optimizer, width):
     lr, damping = DEFAULTS[optimizer]
-    model = ml.MLP(64, 10, width, 3, base_width=64, param="mup", optimizer=optimizer)
+    model = ml.MLP(64, 10, width, 3, base_width=64, param="mup")
     opt = ml.make_optimizer(model, optimizer, lr=lr, damping=damping, param="mup")
     last = ml.run(model, opt, "digits", steps=STEPS, eval_every=max(1, STEPS // 25))[-1]
     return last["step"] / last["seconds"]

@@ -59,7 +59,7 @@ def snapshot(label: str) -> dict:
 def train_long(optimizer: str, steps: int, report_every: int) -> None:
     """``steps`` steps of one optimizer at width 512; resident memory every ``report_every`` steps."""
     data = ml.datasets.digits()
-    model = ml.MLP(data.d_in, data.d_out, 512, 3, base_width=64, param="mup", optimizer=optimizer)
+    model = ml.MLP(data.d_in, data.d_out, 512, 3, base_width=64, param="mup")
     lr, damping = {"kfac": (0.1, 0.1), "shampoo": (0.05, 1e-4)}[optimizer]
     opt = ml.make_optimizer(model, optimizer, lr=lr, damping=damping, param="mup")
     try:

@@ -2,11 +2,12 @@
 
     import mupso_lite as ml
     ml.scaling_table()
-    model = ml.MLP(d_in=64, d_out=10, width=1024, depth=3, base_width=64, param="mup", optimizer="kfac")
+    model = ml.MLP(d_in=64, d_out=10, width=1024, depth=3, base_width=64, param="mup")
     opt = ml.make_optimizer(model, "kfac", lr=0.1, damping=0.1, param="mup")
     for record in ml.train(model, opt, ml.datasets.digits(), steps=200): ...
 
-Data flows one way: scaling -> models, optim -> train -> coord, sweep -> plots -> dashboard, cli.
+Imports flow one way: checks, roles -> scaling -> models, optim -> train -> coord, sweep
+(results, executors); plots, the dashboard and the CLI sit on top and nothing imports them.
 """
 from . import data as datasets
 from .coord import CoordCheck, coord_check, fit_slope, theory_slopes
@@ -17,8 +18,7 @@ from .optim import KFAC, Shampoo, make_optimizer
 from .scaling import ROLES, Rule, layer_scales, rule, scaling_table
 from .sweep import load_results, sweep
 from .train import FeatureProbe, evaluate, resolve_device, run, train
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["CNN", "CoordCheck", "Dashboard", "DivergenceRule", "FeatureProbe", "KFAC", "MLP", "ROLES", "Rule", "Shampoo",
            "coord_check", "cross_entropy", "datasets", "evaluate", "fit_slope", "half_mse", "init_weights",

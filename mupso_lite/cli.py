@@ -180,7 +180,7 @@ def _coord(args) -> int:
 
     def model_fn(width, seed=0):
         return MLP(data.d_in, data.d_out, width, args.depth, base_width=args.base_width, param=args.param,
-                   optimizer=args.optimizer, activation=args.activation, seed=seed)
+                   activation=args.activation, seed=seed)
     cc = coord_check(model_fn, args.optimizer, args.param, widths=args.widths, steps=args.steps,
                      seeds=args.seeds, data=data, lr=args.lr[0], damping=args.damping, device="cpu", **opts)
     out = Path(args.out)

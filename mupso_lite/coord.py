@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .models import layer_roles
-from .scaling import check_positive
+from .roles import layer_roles
+from .checks import check_positive
 from .train import train
 
 STABLE = 0.25  # |slope| below this counts as width-stable in the verdict
@@ -127,7 +127,8 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
         from .data import load
         data = load(data)
     if not callable(optimizer):
-        from .scaling import OPTIMIZERS, check_choice
+        from .checks import check_choice
+        from .scaling import OPTIMIZERS
         check_choice("optimizer", optimizer, OPTIMIZERS)
     first = {width: _checked_model(model_fn, width, seeds[0]) for width in widths}  # before any training
     rows, diverged = [], []
@@ -208,7 +209,8 @@ def theory_slopes(param: str, optimizer: str, damping_mode: str = "table") -> di
     "pi" (-1, 0, 0), "trace" (0, 0, 0). These are asymptotic (M -> infinity); at finite widths
     a small damping moves a measured slope part of the way (docs/results.md: fixed gives about -0.67).
     """
-    from .scaling import OPTIMIZERS, PARAMS, check_choice
+    from .checks import check_choice
+    from .scaling import OPTIMIZERS, PARAMS
     param, optimizer = check_choice("param", param, PARAMS), check_choice("optimizer", optimizer, OPTIMIZERS)
     mode = check_choice("damping_mode", damping_mode, ("table", "fixed", "pi", "trace"))
     if optimizer not in ("kfac", "foof"):

@@ -34,7 +34,7 @@ import plotly.graph_objects as go
 from .dashboard_runs import DEFAULTS, OPTIMIZERS, PARAMS, Runs, Settings, builtin_datasets
 from .data import Dataset
 from .live import Job, LiveFigure
-from .scaling import check_choice, check_positive
+from .checks import check_choice, check_positive
 from .train import resolve_device
 
 # The controls' ranges; an argument outside them raises (a slider would clamp it silently).

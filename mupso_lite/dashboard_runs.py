@@ -20,7 +20,8 @@ import plotly.graph_objects as go
 from .coord import fit_slope
 from .data import Dataset, load
 from .live import Job
-from .models import MLP, layer_roles
+from .models import MLP
+from .roles import layer_roles
 from .optim import make_optimizer
 from .train import train
 
@@ -79,7 +80,7 @@ class Runs:
 
     def _model(self, s: Settings, data: Dataset, param: str, width: int | None = None, seed: int | None = None):
         model = MLP(data.d_in, data.d_out, width or s.width, s.depth, base_width=BASE_WIDTH, param=param,
-                    optimizer=s.optimizer, seed=s.seed if seed is None else seed)
+                    seed=s.seed if seed is None else seed)
         damping = s.damping if DEFAULTS[s.optimizer][1] is not None else None
         options = {"fisher": s.fisher} if s.optimizer in ("kfac", "foof") else {}
         return model, make_optimizer(model, s.optimizer, lr=s.lr, damping=damping, param=param, **options)
@@ -87,7 +88,7 @@ class Runs:
     @staticmethod
     def _layers(s: Settings, data: Dataset) -> list:
         """[(name, role)] of the tagged layers (they depend on the depth only: a base-width model)."""
-        model = MLP(data.d_in, data.d_out, BASE_WIDTH, s.depth, base_width=BASE_WIDTH, optimizer=s.optimizer)
+        model = MLP(data.d_in, data.d_out, BASE_WIDTH, s.depth, base_width=BASE_WIDTH)
         return [(name, role) for name, _, role in layer_roles(model)]
 
     def _train_job(self, job: Job, s: Settings, params: list, requested: float) -> None:

@@ -35,7 +35,7 @@ class DivergenceRule:
     _above: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self):
-        from .scaling import check_positive
+        from .checks import check_positive
         if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) \
                 or math.isnan(self.factor) or self.factor <= 1:
             raise ValueError(f"divergence.factor: expected a number > 1 (inf: only non-finite losses "

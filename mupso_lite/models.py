@@ -1,64 +1,21 @@
 """Width-parametrized models whose weight layers know their role (input, hidden, output).
 
-A role is stored on each weight layer as ``module.mup_role``; the model's width and base
-width as ``model.mup_width`` and ``model.mup_base_width``. ``MLP`` and ``CNN`` set these
-themselves and initialize from the scaling table; ``tag_roles`` does it for a user's own
-model (first weight layer: input, last: output, the others: hidden).
+``MLP`` and ``CNN`` tag their layers with roles (``roles.py``) and initialize them from the
+scaling table; ``init_weights`` does the same for a user's own model tagged with
+``tag_roles``.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
 
-from .scaling import OPTIMIZERS, check_choice, check_positive, layer_scales
+from .checks import check_choice, check_positive
+from .roles import WEIGHT_LAYERS, layer_roles, model_widths, tag_roles  # noqa: F401 (re-exported)
+from .scaling import OPTIMIZERS, layer_scales
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
-WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
-
-
-def tag_roles(model: nn.Module, width: int, base_width: int | None = None) -> nn.Module:
-    """Tag the weight layers (nn.Linear, nn.Conv2d) of ``model`` in registration order.
-
-    First layer: "input", last: "output", others: "hidden". ``width`` is the model's
-    width M (hidden units or channels); ``base_width`` M0 defaults to ``width``.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    check_positive("width", width, integer=True)
-    base_width = width if base_width is None else base_width
-    check_positive("base_width", base_width, integer=True)
-    layers = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
-    if len(layers) < 2:
-        raise ValueError(f"model: expected at least 2 weight layers (nn.Linear or nn.Conv2d) to tag, "
-                         f"found {len(layers)}")
-    for i, m in enumerate(layers):
-        m.mup_role = "input" if i == 0 else ("output" if i == len(layers) - 1 else "hidden")
-    model.mup_width, model.mup_base_width = int(width), int(base_width)
-    return model
-
-
-def layer_roles(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """(name, module, role) for every role-tagged weight layer, in registration order."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module with layer roles, got {type(model).__name__}")
-    out = [(n, m, m.mup_role) for n, m in model.named_modules() if hasattr(m, "mup_role")]
-    if not out:
-        raise ValueError("model: expected weight layers tagged with roles (input/hidden/output), "
-                         f"got a {type(model).__name__} without any; call ml.tag_roles(model, width=...) "
-                         "or build it with ml.MLP / ml.CNN")
-    return out
-
-
-def model_widths(model, width=None, base_width=None) -> tuple[int, int]:
-    """The (width, base_width) pair: the arguments if given, else the model's own tags."""
-    width = width if width is not None else getattr(model, "mup_width", None)
-    base_width = base_width if base_width is not None else getattr(model, "mup_base_width", width)
-    if width is None:
-        raise ValueError("width: expected the model's width, got None (tag the model with "
-                         "ml.tag_roles(model, width=...) or pass width=...)")
-    check_positive("width", width, integer=True)
-    check_positive("base_width", base_width, integer=True)
-    return int(width), int(base_width)
 
 
 @torch.no_grad()
@@ -79,6 +36,11 @@ def init_weights(model: nn.Module, param: str = "mup", optimizer: str = "sgd", s
 
 
 def _check_common(width, base_width, depth, param, optimizer, activation, d_in, d_out, sigma):
+    if optimizer is not None:
+        check_choice("optimizer", optimizer, OPTIMIZERS)
+        warnings.warn("optimizer= changes nothing and will be removed: the muP init is the same for every "
+                      "optimizer (only learning rates and damping differ, and ml.make_optimizer sets those); "
+                      "drop the argument", FutureWarning, stacklevel=3)
     check_positive("sigma", sigma)
     check_positive("width", width, integer=True)
     check_positive("base_width", base_width, integer=True)
@@ -89,7 +51,6 @@ def _check_common(width, base_width, depth, param, optimizer, activation, d_in, 
     if depth < 2:
         raise ValueError(f"depth: expected an integer >= 2 (number of weight layers), got {depth}")
     check_choice("param", param, ("sp", "mup"))
-    check_choice("optimizer", optimizer, OPTIMIZERS)
     check_choice("activation", activation, tuple(ACTIVATIONS))
 
 
@@ -97,22 +58,23 @@ class MLP(nn.Module):
     """``depth`` weight layers: d_in -> width -> ... -> width -> d_out, with roles.
 
     h_1 = W_1 x,  h_l = W_l phi(h_{l-1}),  f = h_L.  Initialized from the scaling table for
-    (param, optimizer) at ``width`` relative to ``base_width`` (default: width, i.e. SP = muP).
+    ``param`` at ``width`` relative to ``base_width`` (default: width, i.e. SP = muP). The init
+    is the same for every optimizer; ``optimizer=`` is deprecated and ignored.
     """
 
     def __init__(self, d_in: int, d_out: int, width: int, depth: int = 3, base_width: int | None = None,
-                 param: str = "mup", optimizer: str = "sgd", activation: str = "tanh", bias: bool = False,
+                 param: str = "mup", optimizer: str | None = None, activation: str = "tanh", bias: bool = False,
                  sigma: float = 1.0, zero_readout: bool = False, seed: int | None = 0):
         super().__init__()
         base_width = width if base_width is None else base_width
         _check_common(width, base_width, depth, param, optimizer, activation, d_in, d_out, sigma)
-        self.param, self.optimizer = check_choice("param", param, ("sp", "mup")), optimizer.lower()
+        self.param = check_choice("param", param, ("sp", "mup"))
         sizes = [d_in] + [width] * (depth - 1) + [d_out]
         self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes[:-1], sizes[1:]))
         self.act = ACTIVATIONS[activation.lower()]()
         tag_roles(self, width, base_width)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        init_weights(self, param, optimizer, sigma, zero_readout, gen)
+        init_weights(self, param, sigma=sigma, zero_readout=zero_readout, generator=gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
@@ -129,7 +91,7 @@ class CNN(nn.Module):
     """
 
     def __init__(self, image_shape: tuple = (1, 8, 8), d_out: int = 10, width: int = 32, depth: int = 3,
-                 base_width: int | None = None, param: str = "mup", optimizer: str = "sgd",
+                 base_width: int | None = None, param: str = "mup", optimizer: str | None = None,
                  activation: str = "relu", bias: bool = False, kernel_size: int = 3, sigma: float = 1.0,
                  zero_readout: bool = False, seed: int | None = 0):
         super().__init__()
@@ -140,7 +102,7 @@ class CNN(nn.Module):
                              f"got {image_shape!r}")
         _check_common(width, base_width, depth, param, optimizer, activation, image_shape[0], d_out, sigma)
         check_positive("kernel_size", kernel_size, integer=True)
-        self.param, self.optimizer = param.lower(), optimizer.lower()
+        self.param = check_choice("param", param, ("sp", "mup"))
         self.image_shape = tuple(int(s) for s in image_shape)
         chans = [self.image_shape[0]] + [width] * (depth - 1)
         self.convs = nn.ModuleList(nn.Conv2d(a, b, kernel_size, padding=kernel_size // 2, bias=bias)
@@ -149,7 +111,7 @@ class CNN(nn.Module):
         self.act = ACTIVATIONS[activation.lower()]()
         tag_roles(self, width, base_width)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        init_weights(self, param, optimizer, sigma, zero_readout, gen)
+        init_weights(self, param, sigma=sigma, zero_readout=zero_readout, generator=gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:

@@ -24,6 +24,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .checks import check_choice, check_positive  # noqa: F401 (re-exported)
+from .roles import layer_roles, model_widths
+
 ROLES = ("input", "hidden", "output")
 PARAMS = ("sp", "mup")
 OPTIMIZERS = ("sgd", "adam", "kfac", "shampoo", "foof")
@@ -117,8 +120,6 @@ def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: fl
     lr exponent; the output bias (finite size) keeps the base lr. Second-order optimizers
     precondition the bias together with its weight, so it shares the layer's lr.
     """
-    from .models import layer_roles, model_widths  # local import: models reads this module
-
     layers = layer_roles(model)
     width, base_width = model_widths(model, width, base_width)
     r = rule(param, optimizer, root)
@@ -145,23 +146,6 @@ def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: fl
 def _fan_in(module) -> int:
     w = module.weight
     return int(w[0].numel())
-
-
-def check_choice(arg: str, value, choices) -> str:
-    """Return ``value`` lower-cased if it is one of ``choices``, else raise ValueError naming ``arg``."""
-    if not isinstance(value, str) or value.lower().replace("-", "").replace("_", "") not in choices:
-        raise ValueError(f"{arg}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value.lower().replace("-", "").replace("_", "")
-
-
-def check_positive(arg: str, value, integer: bool = False, allow_zero: bool = False):
-    """Raise ValueError/TypeError naming ``arg`` unless ``value`` is a finite number > 0 (>= 0)."""
-    want = "a positive integer" if integer else ("a finite number >= 0" if allow_zero else "a finite number > 0")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        raise TypeError(f"{arg}: expected {want}, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{arg}: expected {want}, got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------- the table as data

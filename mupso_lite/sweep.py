@@ -22,7 +22,8 @@ from functools import lru_cache
 
 from .executors import RUNNERS, import_ray, sigint_ignored
 from .results import DONE, ResultsFile, check_path, load_results, read_records  # noqa: F401 (re-exported)
-from .scaling import OPTIMIZERS, PARAMS, check_choice, check_positive
+from .checks import check_choice, check_positive
+from .scaling import OPTIMIZERS, PARAMS
 
 # Grid keys: what the model, the optimizer and the training loop read.
 MODEL_KEYS = {"model": "mlp", "width": 64, "base_width": 64, "depth": 3, "activation": "tanh",
@@ -125,7 +126,7 @@ def build(cfg: dict):
     from .optim import make_optimizer
     data = _dataset(cfg["dataset"])
     common = dict(width=cfg["width"], depth=cfg["depth"], base_width=cfg["base_width"], param=cfg["param"],
-                  optimizer=cfg["optimizer"], activation=cfg["activation"], bias=cfg["bias"],
+                  activation=cfg["activation"], bias=cfg["bias"],
                   sigma=cfg["sigma"], zero_readout=cfg["zero_readout"], seed=cfg["seed"])
     if cfg["model"] == "cnn":
         if data.image_shape is None:
@@ -150,7 +151,7 @@ def run_config(cfg: dict, device: str = "cpu") -> dict:
     feature change, accuracy and test metrics that were measured.
     """
     import torch
-    from . import __version__
+    from .version import __version__
     from .divergence import hint_for
     from .train import evaluate, train
     torch.set_num_threads(1)

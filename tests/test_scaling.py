@@ -45,8 +45,8 @@ def test_init_std_matches_the_table(width, param):
 
 def test_mup_equals_sp_at_base_width():
     for opt in ("sgd", "adam", "kfac", "shampoo", "foof"):
-        sp = ml.MLP(10, 3, width=64, base_width=64, param="sp", optimizer=opt, seed=3)
-        mu = ml.MLP(10, 3, width=64, base_width=64, param="mup", optimizer=opt, seed=3)
+        sp = ml.MLP(10, 3, width=64, base_width=64, param="sp", seed=3)
+        mu = ml.MLP(10, 3, width=64, base_width=64, param="mup", seed=3)
         for a, b in zip(sp.parameters(), mu.parameters()):
             assert torch.equal(a, b)
         s1 = layer_scales(sp, "sp", opt, lr=0.1, damping=0.01)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models import layer_roles, model_widths
-from ..scaling import OPTIMIZERS, PARAMS, check_choice, check_positive, layer_scales
+from ..roles import layer_roles, model_widths
+from ..checks import check_choice, check_positive
+from ..scaling import OPTIMIZERS, PARAMS, layer_scales
 from .kfac import KFAC
 from .shampoo import Shampoo
 

@@ -170,7 +170,7 @@ def gradient_rows(g: torch.Tensor, conv: bool) -> torch.Tensor:
     return g.reshape(-1, g.shape[-1])
 
 
-def weight_matrix(module: nn.Module) -> torch.Tensor:
+def gradient_matrix(module: nn.Module) -> torch.Tensor:
     """The layer's weight gradient as out x in, the bias gradient appended as the last column."""
     w = module.weight.grad.reshape(module.weight.shape[0], -1)
     if module.bias is not None:

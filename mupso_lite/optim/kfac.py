@@ -50,9 +50,9 @@ import torch
 from torch import nn
 
 from ..losses import LOSSES, loss_function, sample_targets
-from ..models import layer_roles
-from ..scaling import check_choice, check_positive
-from .capture import LayerCapture, output_rows, weight_matrix
+from ..roles import layer_roles
+from ..checks import check_choice, check_positive
+from .capture import LayerCapture, output_rows, gradient_matrix
 from .checkpoint import check_loadable, stamp
 from .linalg import damped_inverse, matches_batch, precondition, pushthrough_precondition
 
@@ -188,7 +188,7 @@ class KFAC(torch.optim.Optimizer):
             return
         st = self.state[module.weight]
         k = st.get("step", 0)
-        grad = weight_matrix(module)
+        grad = gradient_matrix(module)
         captured = self.capture.ready(name)
         x, gout = (self.capture.x(name), self.capture.gout(name)) if captured else (None, None)
         lowrank = captured and (not self.check_batch or matches_batch(grad, gout, x))

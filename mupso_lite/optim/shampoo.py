@@ -36,8 +36,8 @@ import weakref
 import torch
 from torch import nn
 
-from ..models import layer_roles
-from ..scaling import check_choice, check_positive
+from ..roles import layer_roles
+from ..checks import check_choice, check_positive
 from .capture import LayerCapture
 from .checkpoint import check_loadable, stamp
 from .linalg import inverse_root, matches_batch, precondition

@@ -278,3 +278,14 @@ def test_coord_check_reports_diverged_runs_with_the_hint():
     assert all(d["message"].startswith("diverged at step") for d in cc.diverged)
     assert cc.verdict().startswith("diverged at width 32 (seed 0, step ")
     assert "lower the learning rate" in cc.verdict()
+
+
+def test_models_optimizer_argument_is_deprecated_and_changes_nothing():
+    with pytest.warns(FutureWarning, match=r"optimizer= changes nothing .* drop the argument"):
+        old = ml.MLP(4, 2, 16, base_width=8, optimizer="kfac", seed=0)
+    new = ml.MLP(4, 2, 16, base_width=8, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(old.parameters(), new.parameters()))
+    with pytest.warns(FutureWarning):
+        ml.CNN((1, 8, 8), 2, 8, optimizer="shampoo")
+    with pytest.raises(ValueError, match=r"optimizer: expected one of .*'lbfgs'"):
+        ml.MLP(4, 2, 16, optimizer="lbfgs")
