@@ -41,9 +41,9 @@ _ZERO = (0.0, 0.0, 0.0)
 class Rule:
     """Exponents of one (parametrization, optimizer) row; tuples are (input, hidden, output).
 
-    ``damping_a``/``damping_b``: exponents of K-FAC's rho_A (input-side factor A = E[x x^T])
-    and rho_B (output-gradient factor B = E[delta delta^T]); for Shampoo ``damping_a`` is
-    the exponent of the absolute eps. ``None`` means "no damping" for this optimizer.
+    ``damping_a``/``damping_b``: exponents of K-FAC's (and FOOF's) rho_A (input-side factor
+    A = E[x x^T]) and rho_B (output-gradient factor B = E[delta delta^T]); ``eps``: exponents
+    of Shampoo's absolute eps. ``None`` means the optimizer has no such quantity.
     """
 
     param: str
@@ -53,9 +53,10 @@ class Rule:
     damping_a: tuple | None = None
     damping_b: tuple | None = None
     note: str = ""
+    eps: tuple | None = None
 
     def factor(self, kind: str, role: str, width: int, base_width: int) -> float:
-        """(width / base_width) ** (-exponent) for ``kind`` in {init, lr, damping_a, damping_b}."""
+        """(width / base_width) ** (-exponent) for ``kind`` in {init, lr, damping_a, damping_b, eps}."""
         exps = getattr(self, kind)
         if exps is None:
             return 1.0
@@ -72,10 +73,9 @@ def rule(param: str, optimizer: str, root: float = 0.25) -> Rule:
     param = check_choice("param", param, PARAMS)
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     if param == "sp":
-        fixed = _ZERO if optimizer in ("kfac", "shampoo", "foof") else None
-        return Rule("sp", optimizer, _SP_INIT, _ZERO, fixed,
-                    _ZERO if optimizer == "kfac" else None,
-                    "standard init, one lr for all layers, fixed damping")
+        return Rule("sp", optimizer, _SP_INIT, _ZERO, _ZERO if optimizer in ("kfac", "foof") else None,
+                    _ZERO if optimizer == "kfac" else None, "standard init, one lr for all layers, fixed damping",
+                    eps=_ZERO if optimizer == "shampoo" else None)
     if optimizer == "sgd":
         return Rule("mup", "sgd", _MUP_INIT, (-1.0, 0.0, 1.0), note="lr grows like M at the input layer, falls like 1/M at the output")
     if optimizer == "adam":
@@ -89,8 +89,9 @@ def rule(param: str, optimizer: str, root: float = 0.25) -> Rule:
     e = float(root)
     if not 0.0 < e <= 0.5:
         raise ValueError(f"root: expected a Shampoo exponent in (0, 0.5], got {root!r}")
-    return Rule("mup", "shampoo", _MUP_INIT, (2 * e - 1, 0.0, 1 - 2 * e), (1.0, 0.0, -1.0), None,
-                "lr ~ sqrt(fan_in / fan_out); eps ~ |x|^2 |delta|^2 (or relative to lambda_max: constant)")
+    return Rule("mup", "shampoo", _MUP_INIT, (2 * e - 1, 0.0, 1 - 2 * e),
+                note="lr ~ sqrt(fan_in / fan_out); eps ~ |x|^2 |delta|^2 (or relative to lambda_max: constant)",
+                eps=(1.0, 0.0, -1.0))
 
 
 @dataclass
@@ -105,6 +106,7 @@ class LayerScale:
     bias_lr: float
     damping_a: float | None
     damping_b: float | None
+    eps: float | None = None
 
 
 def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: float = 0.0,
@@ -114,7 +116,8 @@ def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: fl
 
     init_std = sigma / sqrt(fan_in) * (M/M0)^(1/2 - b)  for hidden and output layers
                (= sigma / sqrt(fan_in at M0) * (M/M0)^(-b)),  sigma / sqrt(d_in) for the input.
-    lr       = lr * (M/M0)^(-c);  damping_{a,b} = damping * (M/M0)^(-d_{a,b}).
+    lr       = lr * (M/M0)^(-c);  damping_{a,b} = damping * (M/M0)^(-d_{a,b});
+    eps      = damping * (M/M0)^(-e_eps)  (Shampoo: ``damping`` is the base eps).
     Biases: for SGD and Adam, a bias of the input or hidden layer is a "vector-like"
     parameter (one infinite dimension, like input weights), so it follows the input layer's
     lr exponent; the output bias (finite size) keeps the base lr. Second-order optimizers
@@ -139,7 +142,8 @@ def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: fl
             bias_lr = layer_lr
         da = damping * r.factor("damping_a", role, width, base_width) if r.damping_a else None
         db = damping * r.factor("damping_b", role, width, base_width) if r.damping_b else None
-        out.append(LayerScale(name, role, fan_in, std, layer_lr, bias_lr, da, db))
+        eps = damping * r.factor("eps", role, width, base_width) if r.eps else None
+        out.append(LayerScale(name, role, fan_in, std, layer_lr, bias_lr, da, db, eps))
     return out
 
 
@@ -166,6 +170,7 @@ class ScalingTable:
                 **{f"lr_{k}": r.lr[i] for i, k in enumerate(ROLES)},
                 **{f"damping_a_{k}": (r.damping_a[i] if r.damping_a else None) for i, k in enumerate(ROLES)},
                 **{f"damping_b_{k}": (r.damping_b[i] if r.damping_b else None) for i, k in enumerate(ROLES)},
+                **{f"eps_{k}": (r.eps[i] if r.eps else None) for i, k in enumerate(ROLES)},
                 "note": r.note,
             })
         return recs
@@ -184,7 +189,7 @@ class ScalingTable:
             return ", ".join(_num(x) for x in t)
         head = ["param", "optimizer", "init b (in, hid, out)", "lr c (in, hid, out)",
                 "rho_A / eps scale", "rho_B scale"]
-        body = [[r.param, r.optimizer, fmt(r.init), fmt(r.lr), fmt(r.damping_a, True),
+        body = [[r.param, r.optimizer, fmt(r.init), fmt(r.lr), fmt(r.damping_a or r.eps, True),
                  fmt(r.damping_b, True)] for r in self.rows]
         return head, body
 

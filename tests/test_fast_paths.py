@@ -77,7 +77,7 @@ def train(opt, model, data):
 
 @pytest.mark.parametrize("width", [4, 32])          # batch 8: R > width, then R < width
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("mode,foof", [("fixed", False), ("pi", False), ("trace", False), ("fixed", True)])
+@pytest.mark.parametrize("mode,foof", [("given", False), ("pi", False), ("trace", False), ("given", True)])
 def test_kfac_pushthrough_step_equals_factor_path(width, bias, mode, foof):
     data = batches()
     kw = dict(lr=0.2, damping=0.05, damping_mode=mode, ema_decay=0.0, factor_interval=1,

@@ -322,3 +322,12 @@ def test_the_batch_check_leaves_the_global_random_stream_alone():
                       steps=4, seed=3)
         losses.append([r["loss"] for r in recs])
     assert losses[0] == losses[1]
+
+
+def test_damping_mode_given_and_its_old_name():
+    net = small_net(bias=False)
+    opt = ml.KFAC(net, lr=0.1, damping=0.1)
+    assert opt.damping_mode == "given"
+    with pytest.warns(FutureWarning, match='now called "given"'):
+        old = ml.KFAC(small_net(bias=False), lr=0.1, damping=0.1, damping_mode="fixed")
+    assert old.damping_mode == "given"

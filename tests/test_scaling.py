@@ -17,7 +17,8 @@ def test_table_rows_match_the_science_notes():
     assert rule("mup", "kfac").damping_b == (1, 1, 0)        # rho_B ~ 1/M, 1/M, 1
     assert rule("mup", "shampoo").lr == (-0.5, 0, 0.5)
     assert rule("mup", "shampoo", root=0.5).lr == (0, 0, 0)  # (2e-1, 0, 1-2e)
-    assert rule("mup", "shampoo").damping_a == (1, 0, -1)    # eps ~ 1/M, 1, M
+    assert rule("mup", "shampoo").eps == (1, 0, -1)          # eps ~ 1/M, 1, M
+    assert rule("mup", "shampoo").damping_a is None and rule("sp", "shampoo").eps == (0, 0, 0)
     assert rule("mup", "foof").lr == (-1, -1, 0)
     for opt in ("sgd", "adam", "kfac", "shampoo", "foof"):
         assert rule("sp", opt).init == (0, 0.5, 0.5) and rule("sp", opt).lr == (0, 0, 0)
@@ -63,7 +64,7 @@ def test_layer_scales_lr_and_damping_follow_width():
     assert (s["input"].lr, s["hidden"].lr, s["output"].lr) == pytest.approx((0.4, 0.1, 0.025))
     sh = {s.role: s for s in layer_scales(model, "mup", "shampoo", lr=0.1, damping=1e-4)}
     assert (sh["input"].lr, sh["output"].lr) == pytest.approx((0.2, 0.05))
-    assert (sh["input"].damping_a, sh["hidden"].damping_a, sh["output"].damping_a) == pytest.approx((2.5e-5, 1e-4, 4e-4))
+    assert (sh["input"].eps, sh["hidden"].eps, sh["output"].eps) == pytest.approx((2.5e-5, 1e-4, 4e-4))
 
 
 def test_make_optimizer_wires_the_table_into_param_groups():

@@ -91,13 +91,14 @@ def make_optimizer(model: nn.Module, name: str, lr: float, damping: float | None
             groups.append({"params": rest, "lr": lr, "layer": None})
         if name == "foof":
             options["foof"] = True
-        return KFAC(model, lr=lr, damping=damping, damping_mode="fixed" if mode == "table" else mode,
+        # "table" and "fixed" both hand KFAC per-layer rho_A, rho_B to use as given (scaled or not)
+        return KFAC(model, lr=lr, damping=damping, damping_mode="given" if mode in ("table", "fixed") else mode,
                     params=groups, **options)
 
     eps_mode = check_choice("eps_mode", options.get("eps_mode", "absolute"), ("absolute", "relative"))
     groups = []
     for s, (_, m, _) in zip(scales, layers):
-        eps = damp[s.name].damping_a if eps_mode == "absolute" else damping
+        eps = damp[s.name].eps if eps_mode == "absolute" else damping
         groups.append({"params": [p for p in (m.weight, m.bias) if p is not None], "lr": s.lr,
                        "eps": eps, "layer": s.name})
     if rest:

@@ -27,8 +27,10 @@ Fast paths (all equal the dense math; tests/test_fast_paths.py checks them in fl
                 no factor or inverse is stored then.
 
 Damping (``damping_mode``):
-  "fixed"  rho_A = damping_a, rho_B = damping_b (each defaults to ``damping``). This is how
-           ``make_optimizer`` applies the muP table: it scales these per layer and width.
+  "given"  rho_A = damping_a, rho_B = damping_b (each defaults to ``damping``), as given. This
+           is how ``make_optimizer`` applies the muP table: it scales these per layer and
+           width. (Earlier name: "fixed", still accepted with a FutureWarning; in
+           ``make_optimizer`` "fixed" means something else: the same rho at every width.)
   "pi"     Martens & Grosse's factored Tikhonov: rho_A = sqrt(rho) pi, rho_B = sqrt(rho) / pi,
            pi^2 = (tr A / dim A) / (tr B / dim B). Right for hidden layers, mis-scaled for
            the input and output layers under muP (Ishikawa & Karakida 2024).
@@ -44,6 +46,7 @@ residuals, so its preconditioned step grows as the fit improves and the run blow
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 
 import torch
@@ -56,7 +59,7 @@ from .capture import LayerCapture, output_rows, gradient_matrix
 from .checkpoint import check_loadable, stamp
 from .linalg import damped_inverse, matches_batch, precondition, pushthrough_precondition
 
-DAMPING_MODES = ("fixed", "pi", "trace")
+DAMPING_MODES = ("given", "pi", "trace")
 FISHERS = ("auto", "empirical", "mc")
 
 
@@ -67,8 +70,8 @@ class KFAC(torch.optim.Optimizer):
         model: a model whose weight layers carry roles (``ml.MLP``, ``ml.CNN``, ``ml.tag_roles``).
         lr: learning rate (one for all layers under muP).
         damping: rho, the base damping (used by every mode).
-        damping_a, damping_b: rho_A and rho_B for ``damping_mode="fixed"`` (default: damping).
-        damping_mode: "fixed", "pi" or "trace" (see the module docstring).
+        damping_a, damping_b: rho_A and rho_B for ``damping_mode="given"`` (default: damping).
+        damping_mode: "given", "pi" or "trace" (see the module docstring).
         fisher: "auto" (MC for the squared loss, else empirical), "empirical" or "mc".
         loss: "cross_entropy" or "mse", the loss the MC Fisher samples from.
         ema_decay: factor EMA decay in [0, 1).
@@ -89,7 +92,7 @@ class KFAC(torch.optim.Optimizer):
     """
 
     def __init__(self, model: nn.Module, lr: float = 0.1, damping: float = 0.1, damping_a: float | None = None,
-                 damping_b: float | None = None, damping_mode: str = "fixed", fisher: str = "auto",
+                 damping_b: float | None = None, damping_mode: str = "given", fisher: str = "auto",
                  loss: str = "cross_entropy", ema_decay: float = 0.95, factor_interval: int = 1,
                  inverse_interval: int = 10, foof: bool = False, momentum: float = 0.0,
                  weight_decay: float = 0.0, params=None, check_batch: bool = True,
@@ -99,6 +102,10 @@ class KFAC(torch.optim.Optimizer):
         for arg, v in (("damping_a", damping_a), ("damping_b", damping_b)):
             if v is not None:
                 check_positive(arg, v, allow_zero=True)
+        if damping_mode == "fixed":
+            warnings.warn('KFAC(damping_mode="fixed") is now called "given" (use the damping as given); '
+                          '"fixed" will be removed', FutureWarning, stacklevel=2)
+            damping_mode = "given"
         self.damping_mode = check_choice("damping_mode", damping_mode, DAMPING_MODES)
         self.fisher = check_choice("fisher", fisher, FISHERS)
         if loss not in LOSSES:
@@ -229,7 +236,7 @@ class KFAC(torch.optim.Optimizer):
         if self.ema_decay != 0.0 or self.factor_interval != 1 or self.inverse_interval != 1 \
                 or self._fisher_gout:
             return False
-        if self.damping_mode != "fixed":
+        if self.damping_mode != "given":
             return group["damping"] > 0
         ra, rb = self.damping_for(group, {})
         return ra > 0 and (self.foof or rb > 0)
@@ -240,7 +247,7 @@ class KFAC(torch.optim.Optimizer):
         "pi"/"trace" damping come from the batch: tr A = |x|^2 / R, tr B = n |gout|^2."""
         n = self.capture.batch_size(name)
         traces = None
-        if self.damping_mode != "fixed":
+        if self.damping_mode != "given":
             tr_a = float(x.pow(2).sum()) / x.shape[0]
             tr_b = 0.0 if self.foof else n * float(gout.pow(2).sum())
             traces = (tr_a, x.shape[1], tr_b, gout.shape[1])
@@ -269,7 +276,7 @@ class KFAC(torch.optim.Optimizer):
         """(rho_A, rho_B) this layer uses, per ``damping_mode``. ``traces`` = (tr A, dim A,
         tr B, dim B) when the factors are not stored (push-through path)."""
         rho = group["damping"]
-        if self.damping_mode == "fixed":
+        if self.damping_mode == "given":
             ra = rho if group["damping_a"] is None else group["damping_a"]
             rb = rho if group["damping_b"] is None else group["damping_b"]
             return float(ra), float(rb)
