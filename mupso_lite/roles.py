@@ -48,6 +48,20 @@ def layer_roles(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     return out
 
 
+def weight_layers(model: nn.Module) -> dict:
+    """{name: module} of the layers K-FAC and Shampoo precondition: the role-tagged ones if the
+    model has roles, else every nn.Linear and nn.Conv2d (roles matter only to the width rules)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    tagged = {n: m for n, m in model.named_modules() if hasattr(m, "mup_role")}
+    layers = tagged or {n: m for n, m in model.named_modules()   # grouped convs are left to SGD
+                        if isinstance(m, WEIGHT_LAYERS) and getattr(m, "groups", 1) == 1}
+    if not layers:
+        raise ValueError(f"model: expected at least one nn.Linear or nn.Conv2d layer, got a "
+                         f"{type(model).__name__} without any")
+    return layers
+
+
 def model_widths(model, width=None, base_width=None) -> tuple[int, int]:
     """The (width, base_width) pair: the arguments if given, else the model's own tags."""
     width = width if width is not None else getattr(model, "mup_width", None)

@@ -331,3 +331,31 @@ def test_damping_mode_given_and_its_old_name():
     with pytest.warns(FutureWarning, match='now called "given"'):
         old = ml.KFAC(small_net(bias=False), lr=0.1, damping=0.1, damping_mode="fixed")
     assert old.damping_mode == "given"
+
+
+@pytest.mark.parametrize("name", ["kfac", "shampoo"])
+def test_plain_torch_models_need_no_roles(name):
+    """ml.KFAC / ml.Shampoo on a plain nn.Sequential take exactly the steps they take on the same
+    network with role tags (roles only matter to make_optimizer's width rules)."""
+    def build(tagged):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+        if tagged:
+            ml.tag_roles(net, width=8)
+        if name == "kfac":
+            return net, ml.KFAC(net, lr=0.1, damping=0.1, inverse_interval=2)
+        return net, ml.Shampoo(net.parameters(), lr=0.05, eps=1e-3, model=net, update_interval=2)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(4)]
+    finals = []
+    for tagged in (False, True):
+        net, opt = build(tagged)
+        for x, y in batches:
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+        finals.append([p.detach().clone() for p in net.parameters()])
+        if name == "kfac":
+            assert list(opt.modules_by_name) == ["0", "2", "4"]
+    assert all(torch.equal(a, b) for a, b in zip(*finals))
+    assert not torch.equal(finals[0][0], build(False)[0][0].weight.detach())  # it did step

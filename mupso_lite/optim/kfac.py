@@ -41,7 +41,11 @@ Damping (``damping_mode``):
 from the model (call ``opt.sample_fisher(outputs)`` between the forward and backward pass;
 ``ml.train`` does); ``fisher="auto"`` (the default) is "mc" for the squared loss and
 "empirical" for cross-entropy. For regression the empirical Fisher shrinks with the
-residuals, so its preconditioned step grows as the fit improves and the run blows up. Parameters outside role-tagged layers get plain SGD (with momentum).
+residuals, so its preconditioned step grows as the fit improves.
+
+Which layers: the role-tagged ones of ``ml.MLP``, ``ml.CNN`` or ``ml.tag_roles``, or, in a
+plain torch model without roles, every nn.Linear and nn.Conv2d (roles matter only to the
+width rules of ``make_optimizer``). Other parameters get plain SGD (with momentum).
 """
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ import torch
 from torch import nn
 
 from ..losses import LOSSES, loss_function, sample_targets
-from ..roles import layer_roles
+from ..roles import weight_layers
 from ..checks import check_choice, check_positive
 from .capture import LayerCapture, output_rows, gradient_matrix
 from .checkpoint import check_loadable, stamp
@@ -64,10 +68,11 @@ FISHERS = ("auto", "empirical", "mc")
 
 
 class KFAC(torch.optim.Optimizer):
-    """K-FAC for the role-tagged nn.Linear and nn.Conv2d layers of ``model``.
+    """K-FAC for the nn.Linear and nn.Conv2d layers of ``model`` (its role-tagged ones, if any).
 
     Args:
-        model: a model whose weight layers carry roles (``ml.MLP``, ``ml.CNN``, ``ml.tag_roles``).
+        model: any torch model; with roles (``ml.MLP``, ``ml.CNN``, ``ml.tag_roles``) only the
+            tagged layers are preconditioned, without roles every Linear and Conv2d layer.
         lr: learning rate (one for all layers under muP).
         damping: rho, the base damping (used by every mode).
         damping_a, damping_b: rho_A and rho_B for ``damping_mode="given"`` (default: damping).
@@ -123,7 +128,7 @@ class KFAC(torch.optim.Optimizer):
             warmup = math.ceil(1.0 / (1.0 - self.ema_decay)) if factor_interval * inverse_interval > 1 else 0
         self.warmup = check_positive("warmup", warmup, integer=True, allow_zero=True)
 
-        self.modules_by_name = {name: m for name, m, _ in layer_roles(model)}
+        self.modules_by_name = weight_layers(model)
         if params is None:
             params = default_groups(model, self.modules_by_name)
         defaults = dict(lr=lr, damping=damping, damping_a=damping_a, damping_b=damping_b,
@@ -131,7 +136,7 @@ class KFAC(torch.optim.Optimizer):
         super().__init__(params, defaults)
         for g in self.param_groups:
             if g["layer"] is not None and g["layer"] not in self.modules_by_name:
-                raise ValueError(f"params: group names layer {g['layer']!r}, which is not a role-tagged "
+                raise ValueError(f"params: group names layer {g['layer']!r}, which is not a preconditioned "
                                  f"layer of the model (layers: {list(self.modules_by_name)})")
             check_positive("lr", g["lr"])
         self.capture = LayerCapture(model, self.modules_by_name)
@@ -339,7 +344,7 @@ class KFAC(torch.optim.Optimizer):
 
 
 def default_groups(model: nn.Module, modules_by_name: dict) -> list[dict]:
-    """One group per role-tagged layer (its weight and bias), plus one for all other parameters."""
+    """One group per preconditioned layer (its weight and bias), plus one for all other parameters."""
     groups, taken = [], set()
     for name, m in modules_by_name.items():
         ps = [m.weight] + ([m.bias] if m.bias is not None else [])

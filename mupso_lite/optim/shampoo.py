@@ -25,7 +25,7 @@ statistic: l <- l + g^2, r <- r + |g|^2, update g / ((l + eps)^e (r + eps)^e).
 ``grafting="sgd"`` or ``"adam"`` rescales each layer's update to the norm of the SGD or Adam
 (beta1 = 0, beta2 = ``graft_beta2``) update, so the lr follows that optimizer's scaling.
 
-Passing ``model=`` (a role-tagged model) lets Shampoo reuse the batch: with G = gout^T x,
+Passing ``model=`` (any torch model) lets Shampoo reuse the batch: with G = gout^T x,
 G G^T = gout^T (x x^T) gout and the preconditioning is (L^-e gout^T)(x R^-e): cheaper when
 the batch is smaller than the width. Results equal the dense path.
 """
@@ -36,7 +36,7 @@ import weakref
 import torch
 from torch import nn
 
-from ..roles import layer_roles
+from ..roles import weight_layers
 from ..checks import check_choice, check_positive
 from .capture import LayerCapture
 from .checkpoint import check_loadable, stamp
@@ -56,7 +56,7 @@ class Shampoo(torch.optim.Optimizer):
             ``update_interval`` is 1).
         beta: None for running sums (Gupta et al.), or an EMA decay in [0, 1).
         grafting: None, "sgd" or "adam".  momentum, weight_decay: heavy-ball; decoupled decay.
-        model: optional role-tagged model whose layer inputs and output gradients are
+        model: optional model (role-tagged or plain) whose layer inputs and output gradients are
             captured to take the cheaper low-rank path (same result).
         check_batch: verify .grad == gout^T x on one random direction before the low-rank
             path (one host sync per layer and step); see ``KFAC``.
@@ -92,7 +92,7 @@ class Shampoo(torch.optim.Optimizer):
         self.grafting, self.graft_beta2 = grafting, graft_beta2
         self.capture, self._layer_of, self.check_batch = None, {}, bool(check_batch)
         if model is not None:
-            layers = {name: m for name, m, _ in layer_roles(model)}
+            layers = weight_layers(model)
             self._layer_of = {id(m.weight): (name, m) for name, m in layers.items()}
             self.capture = LayerCapture(model, layers)
             weakref.finalize(self, self.capture.remove)  # deleting the optimizer detaches its hooks
