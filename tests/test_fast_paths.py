@@ -85,8 +85,7 @@ def test_kfac_pushthrough_step_equals_factor_path(width, bias, mode, foof):
     fast_model = ml.MLP(6, 3, width, depth=3, bias=bias, seed=0).double()
     fast = ml.KFAC(fast_model, **kw)
     ref_model = ml.MLP(6, 3, width, depth=3, bias=bias, seed=0).double()
-    ref = ml.KFAC(ref_model, **kw)
-    ref._current_batch_only = lambda group: False      # force factors + cached inverses
+    ref = ml.KFAC(ref_model, fast=False, **kw)          # the plain formula: factors + inverses
     for a, b in zip(train(fast, fast_model, data), train(ref, ref_model, data)):
         torch.testing.assert_close(a, b)
     for m, rm in zip(fast_model.layers, ref_model.layers):
@@ -174,3 +173,17 @@ def test_conv_patches_reproduce_the_layer_output(kw):
     out = m(x).detach()
     rows = conv_patches(m, x) @ m.weight.detach().reshape(4, -1).T
     torch.testing.assert_close(rows, out.permute(0, 2, 3, 1).reshape(-1, 4))
+
+
+@pytest.mark.parametrize("foof", [False, True])
+def test_default_kfac_equals_the_plain_formula(foof):
+    """Default options (EMA, intervals, warm-up) at width 32 with batch 8: the low-rank path is
+    taken on fast=True, and every step equals fast=False's (B + rho_B I)^-1 G (A + rho_A I)^-1."""
+    data = batches()
+    steps = []
+    for fast in (True, False):
+        model = ml.MLP(6, 3, 32, depth=3, bias=True, seed=0).double()
+        opt = ml.KFAC(model, lr=0.2, damping=0.05, inverse_interval=2, warmup=1, foof=foof, fast=fast)
+        steps.append(list(train(opt, model, data)))
+    for a, b in zip(*steps):
+        torch.testing.assert_close(a, b)

@@ -19,7 +19,8 @@ step: an inverse built from one batch's factors and then reused for ten steps am
 directions that batch did not see by up to 1 / rho at each of those steps (on digits, lr 0.05,
 rho 1e-2: the loss jumped from 2.4 to ~200 without the warm-up, and fell to 0.2 with it).
 
-Fast paths (all equal the dense math; tests/test_fast_paths.py checks them in float64):
+Fast paths (``fast=True``, the default; all equal the dense math, and
+tests/test_fast_paths.py checks them in float64 against ``fast=False``):
   low-rank      with G = gout^T x (R rows), (B+rho_B I)^-1 G (A+rho_A I)^-1 is computed as
                 ((B+rho_B I)^-1 gout^T)(x (A+rho_A I)^-1) when that is cheaper (R < width);
   push-through  with ``ema_decay=0`` and both intervals 1 the factors are the current batch's
@@ -90,6 +91,10 @@ class KFAC(torch.optim.Optimizer):
         momentum, weight_decay: heavy-ball momentum on the update; decoupled weight decay.
         params: optional param groups, each a dict with "params" and "layer" (the layer's
             name, or None for parameters updated by SGD); ``make_optimizer`` builds these.
+        fast: take the batch-reassociated paths (low-rank, push-through; see the module
+            docstring) where they apply and are cheaper. They equal the plain formula to
+            rounding (tests/test_fast_paths.py); ``fast=False`` always computes
+            (B + rho_B I)^-1 G (A + rho_A I)^-1 as written, e.g. to read or debug it.
         check_batch: verify each step, on one random direction, that .grad == gout^T x
             before taking the low-rank path (one host sync per layer; cheap on CPU). Set
             False on a GPU when nothing edits .grad between backward() and step()
@@ -101,7 +106,7 @@ class KFAC(torch.optim.Optimizer):
                  loss: str = "cross_entropy", ema_decay: float = 0.95, factor_interval: int = 1,
                  inverse_interval: int = 10, foof: bool = False, momentum: float = 0.0,
                  weight_decay: float = 0.0, params=None, check_batch: bool = True,
-                 warmup: int | None = None):
+                 warmup: int | None = None, fast: bool = True):
         check_positive("lr", lr)
         check_positive("damping", damping, allow_zero=True)
         for arg, v in (("damping_a", damping_a), ("damping_b", damping_b)):
@@ -123,6 +128,7 @@ class KFAC(torch.optim.Optimizer):
         check_positive("momentum", momentum, allow_zero=True)
         check_positive("weight_decay", weight_decay, allow_zero=True)
         self.ema_decay, self.foof, self.check_batch = float(ema_decay), bool(foof), bool(check_batch)
+        self.fast = bool(fast)
         self.factor_interval, self.inverse_interval = factor_interval, inverse_interval
         if warmup is None:   # until the factor average holds about 1 / (1 - decay) batches
             warmup = math.ceil(1.0 / (1.0 - self.ema_decay)) if factor_interval * inverse_interval > 1 else 0
@@ -200,24 +206,34 @@ class KFAC(torch.optim.Optimizer):
             return
         st = self.state[module.weight]
         k = st.get("step", 0)
-        grad = gradient_matrix(module)
-        captured = self.capture.ready(name)
-        x, gout = (self.capture.x(name), self.capture.gout(name)) if captured else (None, None)
-        lowrank = captured and (not self.check_batch or matches_batch(grad, gout, x))
-        if lowrank and self._current_batch_only(group):
+        grad = gradient_matrix(module)   # G (out x in, the bias as the last column)
+        batch = self._batch_rows(name, grad) if self.fast else None
+        if batch is not None and self._current_batch_only(group):
+            gout, x = batch
             update = self._pushthrough_update(group, st, name, x, gout)
         else:
             if self._refreshes_factors(k):
                 self._update_factors(name, st)
             if k < self.warmup or k % self.inverse_interval == 0 or "A_inv" not in st:
                 self._update_inverses(group, st)
-            update = precondition(None if self.foof else st["B_inv"], grad, st["A_inv"],
-                                  gout if lowrank else None, x if lowrank else None)
+            if batch is None:
+                # the formula:  update = (B + rho_B I)^-1 G (A + rho_A I)^-1      (FOOF: B = I)
+                update = grad @ st["A_inv"] if self.foof else st["B_inv"] @ grad @ st["A_inv"]
+            else:   # the same product, reassociated through the batch when that is cheaper
+                update = precondition(None if self.foof else st["B_inv"], grad, st["A_inv"], *batch)
         if group["momentum"]:
             buf = st.setdefault("momentum_buffer", torch.zeros_like(update))
             update = buf.mul_(group["momentum"]).add_(update)
-        self._apply(module, update, group)
+        self._apply(module, update, group)   # W <- W - lr * update
         st["step"] = k + 1
+
+    def _batch_rows(self, name: str, grad: torch.Tensor):
+        """(gout, x) with G == gout^T x for this step's batch, or None (not captured, or .grad
+        was edited after backward: clipping, accumulation). The fast paths need it."""
+        if not self.capture.ready(name):
+            return None
+        gout, x = self.capture.gout(name), self.capture.x(name)
+        return (gout, x) if not self.check_batch or matches_batch(grad, gout, x) else None
 
     def _refreshes_factors(self, k: int) -> bool:
         return k < self.warmup or k % self.factor_interval == 0
