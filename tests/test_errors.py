@@ -47,10 +47,12 @@ def test_make_optimizer_arguments(kwargs, exc, words):
 
 def test_model_without_roles():
     plain = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
-    for call in (lambda: ml.make_optimizer(plain, "kfac", lr=0.1), lambda: ml.KFAC(plain),
-                 lambda: ml.layer_scales(plain, "mup", "sgd")):
+    for call in (lambda: ml.make_optimizer(plain, "kfac", lr=0.1), lambda: ml.layer_scales(plain, "mup", "sgd")):
         with pytest.raises(ValueError, match="model: expected weight layers tagged with roles.*tag_roles"):
             call()
+    assert list(ml.KFAC(plain).modules_by_name) == ["0", "2"]   # the optimizers need no roles
+    with pytest.raises(ValueError, match=r"model: expected at least one nn.Linear or nn.Conv2d layer, got a Tanh"):
+        ml.KFAC(nn.Tanh())
     with pytest.raises(TypeError, match="model: expected a torch.nn.Module"):
         ml.make_optimizer("not a model", "sgd", lr=0.1)
 
