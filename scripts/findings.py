@@ -1,11 +1,12 @@
-"""Small measurements quoted in README's tuning section and in the project's notes.
+"""Small measurements quoted in README's tuning section and in the optimizers' docstrings.
 
     python scripts/findings.py            # about a minute on 2 CPU cores
 
 Prints, for each finding, the numbers it rests on:
   damping    K-FAC on digits (muP, width 256, lr 0.1): the loss over the first steps for
              damping 1e-3, 1e-2, 0.1, inverses every step and every 10 steps;
-  fisher     the regression teacher (width 256, lr 0.1): empirical vs MC Fisher;
+  fisher     the regression teacher (width 256, lr 0.1, seeds 0-2): empirical vs MC Fisher;
+  warmup     K-FAC and Shampoo on digits with and without the warm-up of fresh inverses;
   batch      K-FAC with EMA factors (the defaults) vs current-batch factors (ema_decay=0,
              intervals 1: the push-through path) on digits at width 1024, 200 steps;
   root       muP-Shampoo with root 1/2 vs 1/4: width exponents on the teacher task.
@@ -36,9 +37,23 @@ def damping():
 def fisher():
     reg = ml.datasets.teacher(task="regression")
     for kind in ("empirical", "mc"):
-        model = ml.MLP(reg.d_in, reg.d_out, width=256, base_width=64, seed=0)
-        recs = ml.run(model, ml.make_optimizer(model, "kfac", lr=0.1, fisher=kind), reg, steps=50)
-        print(f"fisher {kind:9s}: loss every 10 steps {losses(recs, 10)}; last {recs[-1]['loss']:.3g}")
+        for seed in (0, 1, 2):
+            model = ml.MLP(reg.d_in, reg.d_out, width=256, base_width=64, seed=seed)
+            recs = ml.run(model, ml.make_optimizer(model, "kfac", lr=0.1, fisher=kind), reg, steps=50, seed=seed)
+            print(f"fisher {kind:9s} seed {seed}: loss every 10 steps {losses(recs, 10)}; last "
+                  f"{recs[-1]['loss']:.3g}, test loss {recs[-1]['test_loss']:.3g}")
+
+
+def warmup():
+    digits = ml.datasets.digits()
+    for name, width, lr, damping in (("kfac", 64, 0.05, 1e-2), ("kfac", 512, 0.05, 1e-2), ("shampoo", 256, 0.3, 1e-6)):
+        for warm in (0, None):
+            model = ml.MLP(64, 10, width, base_width=64, seed=0)
+            opt = ml.make_optimizer(model, name, lr=lr, damping=damping, warmup=warm)
+            recs = ml.run(model, opt, digits, steps=100, divergence=None)
+            peak = max(r["loss"] for r in recs)
+            print(f"{name} width {width} lr {lr:g} damping {damping:g} warmup {opt.warmup:2d}: peak loss "
+                  f"{peak:.3g}, last {recs[-1]['loss']:.3g}, test acc {recs[-1]['test_accuracy']:.3f}")
 
 
 def batch():
@@ -67,7 +82,7 @@ def root():
         print(f"root {e} eps {eps:g} {mode:8s} (in / hid / out / f): {slopes}")
 
 
-FINDINGS = {"damping": damping, "fisher": fisher, "batch": batch, "root": root}
+FINDINGS = {"damping": damping, "fisher": fisher, "warmup": warmup, "batch": batch, "root": root}
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
