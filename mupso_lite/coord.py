@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .roles import layer_roles
 from .checks import check_positive
+from .roles import layer_roles
 from .train import train
 
 STABLE = 0.25  # |slope| below this counts as width-stable in the verdict
@@ -207,7 +207,8 @@ def theory_slopes(param: str, optimizer: str, damping_mode: str = "table") -> di
     muP with the table (any optimizer): 0 everywhere. SP: SGD (-1/2, 1/2, 1), Adam (0, 1, 1),
     K-FAC (-1/2, -1/2, 0), Shampoo (-1/2, 0, 1/2). muP K-FAC damping: "fixed" (-1, -1, 0),
     "pi" (-1, 0, 0), "trace" (0, 0, 0). These are asymptotic (M -> infinity); at finite widths
-    a small damping moves a measured slope part of the way (docs/results.md: fixed gives about -0.67).
+    a small damping moves a measured slope part of the way (docs/results.md: fixed damping 1e-2
+    gives -0.70 / -0.65 / -0.19 at step 1).
     """
     from .checks import check_choice
     from .scaling import OPTIMIZERS, PARAMS

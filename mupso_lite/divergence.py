@@ -19,8 +19,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
-
 HINT_SECOND_ORDER = "raise the damping or lower the learning rate"
 HINT_FIRST_ORDER = "lower the learning rate"
 
@@ -58,7 +56,9 @@ class DivergenceRule:
 
 
 def hint_for(optimizer) -> str:
-    """What to change after a divergence: second-order optimizers (with damping) get both knobs."""
+    """What to change after a divergence: K-FAC, FOOF and Shampoo (or any optimizer whose groups
+    carry a damping) get both knobs; first-order optimizers get the learning rate."""
+    from .optim import KFAC, Shampoo   # local: the optimizers do not need this module
     groups = getattr(optimizer, "param_groups", None) or []
-    damped = any("damping" in g or "eps" in g and not isinstance(optimizer, torch.optim.Adam) for g in groups)
+    damped = isinstance(optimizer, (KFAC, Shampoo)) or any("damping" in g for g in groups)
     return HINT_SECOND_ORDER if damped else HINT_FIRST_ORDER

@@ -21,8 +21,8 @@ from torch import nn
 
 from .divergence import DivergenceRule, hint_for
 from .losses import loss_function
-from .roles import layer_roles
 from .checks import check_positive
+from .roles import layer_roles
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

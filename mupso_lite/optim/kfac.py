@@ -59,9 +59,9 @@ import torch
 from torch import nn
 
 from ..losses import LOSSES, loss_function, sample_targets
-from ..roles import weight_layers
 from ..checks import check_choice, check_positive
-from .capture import LayerCapture, output_rows, gradient_matrix
+from ..roles import weight_layers
+from .capture import LayerCapture, gradient_matrix, output_rows
 from .checkpoint import check_loadable, stamp
 from .linalg import damped_inverse, matches_batch, precondition, pushthrough_precondition
 

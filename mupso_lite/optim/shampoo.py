@@ -36,8 +36,8 @@ import weakref
 import torch
 from torch import nn
 
-from ..roles import weight_layers
 from ..checks import check_choice, check_positive
+from ..roles import weight_layers
 from .capture import LayerCapture
 from .checkpoint import check_loadable, stamp
 from .linalg import inverse_root, matches_batch, precondition
