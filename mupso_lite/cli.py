@@ -151,20 +151,34 @@ def _check_out_dir(flag: str, value: str) -> Path:
 
 
 def _diverged_line(df) -> str | None:
-    """"3 runs diverged (lower the learning rate)", or None when none did."""
+    """"3 runs diverged (lower the learning rate)" and "2 runs were unstable (...)", or None
+    when every run trained without a spike."""
     from .divergence import HINT_FIRST_ORDER, HINT_SECOND_ORDER
     from .sweep import SECOND_ORDER
+
+    def hints(rows):
+        found = []
+        for _, row in rows.iterrows():
+            hint = row.get("hint")
+            if not isinstance(hint, str) or not hint:  # a file written before hints existed
+                hint = HINT_SECOND_ORDER if row.get("optimizer") in SECOND_ORDER else HINT_FIRST_ORDER
+            if hint not in found:
+                found.append(hint)
+        return "; ".join(found)
+
+    def runs(k):
+        return f"{k} run{'s' if k != 1 else ''}"
+
+    lines = []
     bad = df[df["status"] == "diverged"]
-    if bad.empty:
-        return None
-    hints = []
-    for _, row in bad.iterrows():
-        hint = row.get("hint")
-        if not isinstance(hint, str) or not hint:  # a file written before hints existed
-            hint = HINT_SECOND_ORDER if row.get("optimizer") in SECOND_ORDER else HINT_FIRST_ORDER
-        if hint not in hints:
-            hints.append(hint)
-    return f"{len(bad)} run{'s' if len(bad) != 1 else ''} diverged ({'; '.join(hints)})"
+    if not bad.empty:
+        lines.append(f"{runs(len(bad))} diverged ({hints(bad)})")
+    if "warning" in df:
+        shaky = df[(df["status"] == "ok") & df["warning"].fillna("").astype(str).str.len().gt(0)]
+        if not shaky.empty:
+            lines.append(f"{runs(len(shaky))} {'was' if len(shaky) == 1 else 'were'} unstable: the loss "
+                         f"spiked above 3x its start ({hints(shaky)})")
+    return "\n".join(lines) or None
 
 
 def _coord(args) -> int:

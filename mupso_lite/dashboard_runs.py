@@ -5,7 +5,7 @@
 ``ml.train`` with the job's stop flag and feeds the records to throttled live figures and
 the status line. No training math happens here. A divergence (``ml.train``'s last record,
 ``mupso_lite.divergence``) shows in red with its message and hint, and as a dashed line on
-the loss plot. Each model and optimizer lives only as long as its run: the optimizer's
+the loss plot; a run whose loss spiked but did not diverge, in orange the same way. Each model and optimizer lives only as long as its run: the optimizer's
 hooks are detached in a ``finally``, so nothing holds them after the job ends.
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ DEFAULTS = {"sgd": (0.5, None), "adam": (1e-2, None), "kfac": (0.1, 0.1), "foof"
             "shampoo": (0.05, 1e-4)}
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
 PARAM_COLORS = {"sp": "#d62728", "mup": "#1f77b4"}
+WARN_COLOR = "#b35900"   # status and plot mark of a run whose loss spiked (not diverged)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Runs:
         param, classify = params[k], data.task == "classification"
         tag = f"{LABEL[param]} " if len(params) > 1 else ""  # "SP step 3/40"
         prefix = f"{LABEL[param]}: " if len(params) > 1 else ""  # "SP: diverged at step 7: ..."
-        rec = None
+        rec, spike = None, None
         for rec in train(model, opt, data, steps=s.steps, batch_size=s.batch_size, seed=s.seed,
                          eval_every=max(1, s.steps // 25), device=self.device, stop=job.stop_event):
             self.records.append({**rec, "param": param})
@@ -137,8 +138,12 @@ class Runs:
             if rec["diverged"]:
                 self.messages.append(f"{prefix}{rec['message']} · {rec['hint']}")
                 loss_fig.mark(rec["step"], f"{tag}diverged at step {rec['step']}")
+            elif rec.get("warning") and spike is None:   # the first step above 3x the start loss
+                spike = rec["step"]
             if job.stopped:
                 break
+        if rec is not None and spike is not None and not rec["diverged"]:   # a diverged run has its own mark
+            loss_fig.mark(spike, f"{tag}loss spiked at step {spike}", color=WARN_COLOR)
         if rec is not None:
             self.timings["steps_per_s"] = rec["step"] / max(rec["seconds"], 1e-9)
 
@@ -157,11 +162,15 @@ class Runs:
                 metric = (f"test accuracy {last['test_accuracy']:.3f}" if classify and "test_accuracy" in last
                           else f"test loss {last.get('test_loss', math.nan):.3g}")
                 parts.append(f"{tag}done, {s.steps} steps, loss {last['loss']:.3g}, {metric}")
+            if not last["diverged"] and last.get("warning"):
+                parts.append(f"{tag}{last['warning']} · {last['hint']}")
+                self.messages.append(f"{tag}{last['warning']} · {last['hint']}")
         if len(parts) == 1:
             parts.append("stopped before the first step")
         parts.append(f"{self.timings.get('steps_per_s', 0):.1f} steps/s")
         bad = any(r["diverged"] for r in self.records)
-        self._set_status(" · ".join(parts), "#c00" if bad else "#333")
+        shaky = any(r.get("warning") for r in self.records)
+        self._set_status(" · ".join(parts), "#c00" if bad else WARN_COLOR if shaky else "#333")
 
     def _reset_train_figures(self, params, layers, classify) -> None:
         multi, loss_traces, feat_traces = len(params) > 1, [], []

@@ -146,7 +146,8 @@ def run_config(cfg: dict, device: str = "cpu") -> dict:
     final_* is the last step; best_loss the lowest training-batch loss; train_loss the loss
     on the whole training set after the last step (the lr-transfer metric: less noisy than
     one batch). A run ``train`` flags as diverged gets status "diverged", its ``message`` and
-    a ``hint`` (what to change); an exception gives status "error" (retried on the next call
+    a ``hint`` (what to change); one whose loss spiked (``mupso_lite.divergence``) keeps status
+    "ok" with a ``warning`` and the hint; an exception gives status "error" (retried on the next call
     of ``sweep``). Either way the steps done so far are kept: curve, steps_done, and the last
     feature change, accuracy and test metrics that were measured.
     """
@@ -168,6 +169,8 @@ def run_config(cfg: dict, device: str = "cpu") -> dict:
             if rec.get("diverged"):
                 out.update(status="diverged", message=rec.get("message") or f"diverged at step {rec['step']}",
                            hint=rec.get("hint") or hint_for(opt))
+            elif rec.get("warning"):   # spiked, not diverged: status stays "ok"
+                out.update(warning=rec["warning"], hint=rec.get("hint") or hint_for(opt))
         if out["status"] == "ok":
             train_set = type(data)(data.name, data.x_train, data.y_train, data.x_train, data.y_train,
                                    data.task, data.d_in, data.d_out)

@@ -140,14 +140,16 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", ste
 
     step, loss, accuracy (training batch; classification only), feature_change
     ({layer: rms}), output_change, seconds (since start), test_loss / test_accuracy (every
-    ``eval_every`` steps and at the last step), diverged, message, hint.
+    ``eval_every`` steps and at the last step), diverged, message, warning, hint.
 
     Stops early when ``callback(record)`` returns True or ``stop`` (a threading.Event or a
     callable) is set. A run that diverges (``mupso_lite.divergence``: a non-finite loss, or
     a loss above 10x its start for 5 steps) yields a last record with ``diverged=True``,
     ``message="diverged at step k: ..."`` and ``hint`` (what to change); it does not raise,
     and no update is taken on the diverged loss. ``divergence=None`` flags only non-finite
-    losses. Bad arguments raise before the first step.
+    losses. A run whose loss spiked above 3x its start but did not diverge carries
+    ``warning="unstable: the loss spiked ..."`` and the ``hint`` on every record from the
+    spike on. Bad arguments raise before the first step.
     """
     check_positive("steps", steps, integer=True)
     check_positive("batch_size", batch_size, integer=True)
@@ -174,6 +176,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", ste
     torch.manual_seed(seed)  # the MC Fisher samples from the global generator
     gen = torch.Generator().manual_seed(seed)
     probe = FeatureProbe(model, x_all[: min(probe_size, n)])
+    hint = hint_for(optimizer)   # what to change if the run diverges or spikes
     order, pos = torch.randperm(n, generator=gen), 0
     start = time.perf_counter()
     for step in range(1, steps + 1):
@@ -189,8 +192,11 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", ste
         loss = loss_fn(out, y)
         record = {"step": step, "loss": float(loss.detach()), "diverged": False, "message": "", "hint": ""}
         message = rule.check(step, record["loss"])
+        record["warning"] = rule.warning
+        if record["warning"]:
+            record["hint"] = hint
         if message is not None:   # stop before an update on a diverged loss
-            record.update(diverged=True, message=message, hint=hint_for(optimizer),
+            record.update(diverged=True, message=message, hint=hint,
                           seconds=time.perf_counter() - start)
             yield record
             return
@@ -204,7 +210,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", ste
         record["feature_change"], record["output_change"] = probe.change()
         if not all(map(math.isfinite, [record["output_change"], *record["feature_change"].values()])):
             record.update(diverged=True, message=f"diverged at step {step}: a feature change is not finite",
-                          hint=hint_for(optimizer))
+                          hint=hint)
         if (eval_every and step % eval_every == 0) or step == steps:
             record.update(evaluate(model, data, loss_fn, dev, dtype))
         record["seconds"] = time.perf_counter() - start

@@ -116,10 +116,12 @@ def test_a_blow_up_is_reported_with_a_hint_and_marked_on_the_loss_plot():
 def test_compare_reports_divergence_per_parametrization():
     dash = Dashboard(width=512, optimizer="sgd", lr=10.0, steps=40).compare(wait=True)
     assert "SP: diverged at step" in dash.status and "lower the learning rate" in dash.status
-    assert "μP: done, 40 steps" in dash.status  # the same lr is fine under μP
-    assert len(dash.messages) == 1 and dash.messages[0].startswith("SP: diverged at step")
-    assert [a.text for a in dash.loss_figure.layout.annotations] == [
-        f"SP diverged at step {max(r['step'] for r in dash.records if r['param'] == 'sp')}"]
+    assert "μP: done, 40 steps" in dash.status  # the same lr trains under μP, after a spike it reports
+    assert len(dash.messages) == 2 and dash.messages[0].startswith("SP: diverged at step")
+    assert dash.messages[1].startswith("μP: unstable: the loss spiked")
+    marks = [a.text for a in dash.loss_figure.layout.annotations]
+    assert marks[0] == f"SP diverged at step {max(r['step'] for r in dash.records if r['param'] == 'sp')}"
+    assert len(marks) == 2 and marks[1].startswith("μP loss spiked at step")
 
 
 def test_close_stops_the_run_and_closes_the_widgets():

@@ -105,3 +105,27 @@ def test_no_update_is_taken_on_a_diverged_loss():
     # between the last healthy record and the divergence record the weights did not move
     assert all(torch.equal(a, b) for a, b in zip(snapshots[-1], snapshots[-2]))
     assert not all(torch.equal(a, b) for a, b in zip(snapshots[-2], snapshots[-3]))
+
+
+def test_a_spike_that_does_not_diverge_is_a_warning_with_the_hint():
+    rule = ml.DivergenceRule()
+    assert [rule.check(k, v) for k, v in [(1, 2.0), (2, 5.9), (3, 1.0)]] == [None] * 3
+    assert rule.warning == ""                                  # 2.95x: below the 3x spike
+    assert rule.check(4, 12.0) is None
+    assert rule.warning == "unstable: the loss spiked 6x, from 2 to 12 at step 4"
+    assert ml.DivergenceRule(spike=float("inf")).warning == ""
+    for bad in (1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="divergence.spike: expected a number > 1"):
+            ml.DivergenceRule(spike=bad)
+    # K-FAC with a tiny damping at width 256: the loss jumps about 10x, comes down, and the run
+    # ends poorly; it is not a divergence (not 5 steps above 10x), so it must be a warning
+    model = ml.MLP(64, 10, width=256, seed=0)
+    recs = ml.run(model, ml.make_optimizer(model, "kfac", lr=0.1, damping=1e-4), "digits", steps=30)
+    assert not recs[-1]["diverged"] and len(recs) == 30
+    assert recs[-1]["warning"].startswith("unstable: the loss spiked")
+    assert recs[-1]["hint"] == "raise the damping or lower the learning rate"
+    first = next(r for r in recs if r["warning"])
+    assert first["loss"] > 3 * recs[0]["loss"] and all(not r["warning"] for r in recs[: first["step"] - 1])
+    model = ml.MLP(64, 10, width=256, seed=0)   # the same run at a sound damping: no warning
+    recs = ml.run(model, ml.make_optimizer(model, "kfac", lr=0.1, damping=0.1), "digits", steps=30)
+    assert not any(r["warning"] for r in recs) and recs[-1]["hint"] == ""
