@@ -160,7 +160,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", ste
         raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if divergence is not None and not isinstance(divergence, DivergenceRule):
         raise TypeError(f"divergence: expected an ml.DivergenceRule or None, got {type(divergence).__name__}")
-    rule = dataclasses.replace(divergence if divergence is not None else DivergenceRule(math.inf, 1))
+    rule = dataclasses.replace(divergence if divergence is not None else DivergenceRule(math.inf, 1, math.inf))
     data = _resolve_data(data)
     check_training_inputs(model, optimizer, data)
     dev = resolve_device(device)
