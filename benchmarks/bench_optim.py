@@ -10,8 +10,14 @@ Sections (``--only``):
            on an MLP (64 -> M -> M -> 10, tanh, batch 128) and the small CNN (ml.CNN on 8x8
            images). Three schedules:
              default  factors every step, inverses / roots every 10 steps (our defaults)
-             all10    factors and inverses / roots every 10 steps (issue 3)
+             all10    factors and inverses / roots every 10 steps
              every1   inverses / roots every step
+             fresh    the fast setting: statistics of the current batch only, used at once
+                      (K-FAC ema_decay=0 and both intervals 1: the push-through path;
+                      Shampoo beta=0, update_interval=1: the thin-SVD path); no ASDL twin
+           Each table row also gives the floor of the algorithm (see ``floor_extra``): the SGD
+           step plus the optimizer's own linear algebra at this width, timed alone in the same
+           run; ours / floor is what the hooks, bookkeeping and Python add.
            Every optimizer runs whole interval-aligned blocks of steps, interleaved with the
            others, several repeats; the table gives the median ms/step and ratios to SGD and
            to ASDL measured in the same run (the machine may be shared: ratios, not absolute
@@ -21,6 +27,8 @@ Sections (``--only``):
            and the preconditioning's GFLOP/s as a fraction of a plain matmul's.
   memory   optimizer state per layer vs the theoretical size of the factors and their inverses.
   train    ml.train: seconds to the first record, and steps/s at widths 256 and 1024.
+  quality  test accuracy on digits (muP, width 1024, 200 steps, batch 128, two seeds) of SGD
+           and of K-FAC and Shampoo under each schedule: what a faster schedule costs.
 """
 from __future__ import annotations
 
@@ -35,11 +43,14 @@ import torch.nn.functional as F
 
 import mupso_lite as ml
 from mupso_lite.data import load
-from mupso_lite.optim.linalg import damped_inverse, inverse_root, precondition, pushthrough_precondition
+from mupso_lite.optim.linalg import (current_batch_root_update, damped_inverse, gram_update_, inverse_root,
+                                     precondition, pushthrough_precondition)
 
 BATCH, D_IN, D_OUT, RHO, EPS = 128, 64, 10, 0.1, 1e-4
 SUMMARY = []
-SCHEDULES = {"default": (1, 10), "all10": (10, 10), "every1": (1, 1)}   # (factor, inverse) intervals
+SCHEDULES = {"default": (1, 10), "all10": (10, 10), "every1": (1, 1), "fresh": (1, 1)}   # (factor, inverse)
+FRESH = {"kfac": dict(ema_decay=0.0), "shampoo": dict(beta=0.0)}   # + both intervals 1
+WARMUP = 20   # K-FAC's and Shampoo's warm-up refreshes every step: timed blocks start after it
 
 
 def _no_nvtx():
@@ -70,21 +81,22 @@ def asdl_shampoo(model, factor_every, inverse_every):
     return ShampooGradientMaker(model, cfg)
 
 
-def builders(factor_every, inverse_every, asdl=True):
+def builders(factor_every, inverse_every, asdl=True, fresh=False):
     """name -> (model -> (torch optimizer, ASDL gradient maker or None))."""
+    kf, sh = (FRESH["kfac"], FRESH["shampoo"]) if fresh else ({}, {})
     b = {
         "sgd": lambda m: (torch.optim.SGD(m.parameters(), lr=0.01), None),
         "adam": lambda m: (torch.optim.Adam(m.parameters(), lr=1e-3), None),
         # same damping rule as ASDL: Martens-Grosse pi damping with rho
         "kfac": lambda m: (ml.KFAC(m, lr=0.01, damping=RHO, damping_mode="pi", factor_interval=factor_every,
-                                   inverse_interval=inverse_every), None),
+                                   inverse_interval=inverse_every, **kf), None),
         "foof": lambda m: (ml.KFAC(m, lr=0.01, damping=RHO, foof=True, factor_interval=factor_every,
-                                   inverse_interval=inverse_every), None),
+                                   inverse_interval=inverse_every, **kf), None),
         # ASDL's ridge is eps * lambda_max: our eps_mode="relative"; Shampoo has no factor interval
         "shampoo": lambda m: (ml.Shampoo(m.parameters(), lr=0.01, eps=EPS, eps_mode="relative",
-                                         update_interval=inverse_every, model=m), None),
+                                         update_interval=inverse_every, model=m, **sh), None),
     }
-    if asdl:
+    if asdl and not fresh:
         b["asdl_kfac"] = lambda m: (torch.optim.SGD(m.parameters(), lr=0.01), asdl_kfac(m, factor_every, inverse_every))
         b["asdl_shampoo"] = lambda m: (torch.optim.SGD(m.parameters(), lr=0.01),
                                        asdl_shampoo(m, factor_every, inverse_every))
@@ -140,34 +152,86 @@ def affordable(kind, width, schedule):
 
 def step_table(kind, widths, schedule, repeats, asdl=True, names=None):
     fi, ii = SCHEDULES[schedule]
-    block = max(fi, ii)
+    block = 10   # a whole number of refresh intervals on every schedule
     rows = []
     for width in widths:
         g = torch.Generator().manual_seed(0)
         shape = (BATCH, D_IN) if kind == "mlp" else (BATCH, 1, 8, 8)
         x, y = torch.randn(*shape, generator=g), torch.randint(0, D_OUT, (BATCH,), generator=g)
         model = make_model(kind, width)
-        bs = builders(fi, ii, asdl)
+        bs = builders(fi, ii, asdl, fresh=schedule == "fresh")
         keep = set(names or bs) & set(affordable(kind, width, schedule))
         runners = {n: Runner(model, b, x, y) for n, b in bs.items() if n in keep}
-        for r in runners.values():   # warm-up: one full interval (first factors, first inverses)
-            r.block(block)
+        for r in runners.values():   # warm-up: whole intervals past the optimizers' warm-up
+            r.block(-(-WARMUP // block) * block)
         times = {n: [] for n in runners}
         for _ in range(repeats if width < 4096 else 1):
             for n, r in runners.items():
                 times[n].append(r.block(block))
         med = {n: statistics.median(v) for n, v in times.items()}
+        floors = {n: med["sgd"] + floor_extra(model, n, schedule) for n in ("kfac", "shampoo")
+                  if n in med and kind == "mlp"}
         rows.append((width, med))
-        show(kind, schedule, width, med)
+        show(kind, schedule, width, med, floors)
     return rows
 
 
-def show(kind, schedule, width, med):
-    sgd = med["sgd"]
+def floor_extra(model, name, schedule):
+    """Seconds per step of the optimizer's own linear algebra for ``model``'s layers, each call
+    timed alone on random data of the real shapes (batch rows R = BATCH): the work K-FAC or
+    Shampoo cannot skip on this schedule, at the speed BLAS/LAPACK give it. Added to the SGD
+    step (forward + backward) this is the floor of the algorithm: what a step would cost with
+    no hooks, bookkeeping or Python at all.
+
+    K-FAC: factors x^T x / R and n gout^T gout (``gram_update_``) / factor interval + two damped
+    inverses / inverse interval + the preconditioning on its cheaper path; fresh: the
+    push-through solve. Shampoo: the statistics G G^T, G^T G (through the batch when it is
+    smaller) + two inverse 4th roots / interval + the preconditioning; fresh: the thin SVD."""
+    fi, ii = SCHEDULES[schedule]
+    total, g = 0.0, torch.Generator().manual_seed(2)
+
+    def fastest(fn, repeats=5):
+        return best(fn, repeats, floor=True)
+
+    for m in model.layers:
+        out_dim, in_dim = m.weight.shape
+        x = torch.randn(BATCH, in_dim + (m.bias is not None), generator=g)
+        gout = torch.randn(BATCH, out_dim, generator=g) / BATCH
+        grad = gout.T @ x
+        if schedule == "fresh":
+            if name == "kfac":
+                total += fastest(lambda: pushthrough_precondition(gout, x, BATCH, RHO, RHO))
+            else:
+                total += fastest(lambda: current_batch_root_update(gout, x, 0.25, EPS, relative=True))
+            continue
+        if name == "kfac":
+            a, b = torch.zeros(x.shape[1], x.shape[1]), torch.zeros(out_dim, out_dim)
+            total += fastest(lambda: (gram_update_(a, x, 0.95, 0.05 / BATCH), gram_update_(b, gout, 0.95, 0.05))) / fi
+            a, b = x.T @ x / BATCH, BATCH * gout.T @ gout
+            total += fastest(lambda: (damped_inverse(a, RHO), damped_inverse(b, RHO)), 3) / ii
+            ai, bi = damped_inverse(a, RHO), damped_inverse(b, RHO)
+            total += fastest(lambda: precondition(bi, grad, ai, gout, x))
+        else:
+            lo, ro = grad @ grad.T + torch.eye(out_dim), grad.T @ grad + torch.eye(x.shape[1])
+            if BATCH < min(grad.shape):
+                total += fastest(lambda: (lo.addmm_(gout.T @ (x @ x.T), gout), ro.addmm_(x.T @ (gout @ gout.T), x)))
+            else:
+                total += fastest(lambda: (lo.addmm_(grad, grad.T), ro.addmm_(grad.T, grad)))
+            total += fastest(lambda: (inverse_root(lo, 0.25, EPS, True), inverse_root(ro, 0.25, EPS, True)), 3) / ii
+            lr_, rr_ = inverse_root(lo, 0.25, EPS, True), inverse_root(ro, 0.25, EPS, True)
+            total += fastest(lambda: precondition(lr_, grad, rr_, gout, x) if BATCH < min(grad.shape)
+                          else precondition(lr_, grad, rr_))
+    return total
+
+
+def show(kind, schedule, width, med, floors=None):
+    sgd, floors = med["sgd"], floors or {}
     parts = [f"{kind} {schedule:7s} M={width:<5d} sgd {1e3 * sgd:7.2f} ms"]
     for n in ("adam", "foof", "kfac", "shampoo"):
         if n in med:
             parts.append(f"{n} {med[n] / sgd:5.2f}x")
+    for n, f in floors.items():
+        parts.append(f"{n} floor {f / sgd:5.2f}x  ours/floor {med[n] / f:4.2f}")
     for n in ("kfac", "shampoo"):
         if f"asdl_{n}" in med:
             parts.append(f"asdl_{n} {med['asdl_' + n] / sgd:5.2f}x  ours/asdl {med[n] / med['asdl_' + n]:4.2f}")
@@ -176,14 +240,15 @@ def show(kind, schedule, width, med):
 
 
 # ---------------------------------------------------------------- linear algebra
-def best(fn, repeats=5):
+def best(fn, repeats=5, floor=False):
+    """Median time of ``fn`` over ``repeats`` calls after one untimed call (``floor``: the minimum)."""
     fn()
     ts = []
     for _ in range(repeats):
         t = now()
         fn()
         ts.append(now() - t)
-    return statistics.median(ts)
+    return min(ts) if floor else statistics.median(ts)
 
 
 def linalg_table(sizes, rows=BATCH):
@@ -266,9 +331,26 @@ def train_table(widths=(256, 1024), steps=40):
             print(f"{name:9s} {width:5d}  {t_first:14.3f}  {rate:7.1f}", flush=True)
 
 
+def quality_table(width=1024, steps=200, seeds=(0, 1)):
+    print(f"\ntest accuracy on digits (muP, width {width}, {steps} steps, batch {BATCH}, seeds {list(seeds)})")
+    runs = [("sgd", "-", {}), ("kfac", "default", {}), ("kfac", "all10", dict(factor_interval=10)),
+            ("kfac", "fresh", dict(ema_decay=0.0, inverse_interval=1)), ("shampoo", "default", {}),
+            ("shampoo", "fresh", dict(beta=0.0, update_interval=1))]
+    lrs = {"sgd": 0.5, "kfac": 0.1, "shampoo": 0.1}   # the dashboard's defaults for these optimizers
+    for name, schedule, opts in runs:
+        accs = []
+        for seed in seeds:
+            model = ml.MLP(64, 10, width, 3, base_width=64, param="mup", seed=seed)
+            opt = ml.make_optimizer(model, name, lr=lrs[name], **opts)
+            recs = ml.run(model, opt, "digits", steps=steps, batch_size=BATCH, seed=seed, device="cpu")
+            last = recs[-1]
+            accs.append("diverged" if last["diverged"] else f"{last['test_accuracy']:.3f}")
+        print(f"{name:8s} {schedule:8s} " + "  ".join(accs), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="*", default=["steps", "linalg", "memory", "train"])
+    p.add_argument("--only", nargs="*", default=["steps", "linalg", "memory", "train", "quality"])
     p.add_argument("--widths", nargs="*", type=int, default=[256, 1024, 2048, 4096])
     p.add_argument("--schedules", nargs="*", default=list(SCHEDULES))
     p.add_argument("--repeats", type=int, default=3)
@@ -277,7 +359,7 @@ def main():
     p.add_argument("--clock", choices=list(CLOCK), default="cpu",
                    help="cpu: CPU time of the calling thread, exact with --threads 1 even when other "
                         "processes share the cores; wall: perf_counter (use with --threads > 1 on an idle machine)")
-    p.add_argument("--quick", action="store_true", help="width 1024, 2 repeats, default schedule + every1")
+    p.add_argument("--quick", action="store_true", help="width 1024 only, 2 repeats")
     a = p.parse_args()
     global now
     now = CLOCK[a.clock]
@@ -298,6 +380,8 @@ def main():
         memory_table()
     if "train" in a.only:
         train_table()
+    if "quality" in a.only:
+        quality_table()
     if "steps" in a.only:
         print("\nsummary (ratios; see above)")
         for line in SUMMARY:

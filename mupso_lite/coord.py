@@ -106,7 +106,7 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
     """
     import pandas as pd
 
-    from .optim import make_optimizer
+    from .optim import make_optimizer, release_hooks
 
     if not callable(model_fn):
         raise TypeError(f"model_fn: expected a callable width -> model, got {type(model_fn).__name__}")
@@ -150,8 +150,7 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
                         rows.append(dict(width=width, seed=seed, step=rec["step"], layer=layer,
                                          role=roles[layer], feature_change=fc,
                                          output_change=rec["output_change"]))
-            if hasattr(opt, "remove_hooks"):
-                opt.remove_hooks()
+            release_hooks(opt)
     frame = pd.DataFrame(rows, columns=["width", "seed", "step", "layer", "role", "feature_change",
                                         "output_change"])
     return CoordCheck(frame, exponents_of(frame), label=f"{param}/{optimizer if isinstance(optimizer, str) else 'custom'}",

@@ -22,7 +22,7 @@ from .data import Dataset, load
 from .live import Job
 from .models import MLP
 from .roles import layer_roles
-from .optim import make_optimizer
+from .optim import make_optimizer, release_hooks
 from .train import train
 
 BASE_WIDTH = 64  # hyperparameters are tuned here; wider models follow the scaling table
@@ -58,12 +58,6 @@ def builtin_datasets() -> list[str]:
     """The offline datasets the dashboard offers (``mnist1d`` only when its package is installed)."""
     names = ["digits", "teacher", "teacher_regression"]
     return names + (["mnist1d"] if importlib.util.find_spec("mnist1d") else [])
-
-
-def release(optimizer) -> None:
-    """Detach an optimizer's capture hooks (K-FAC, Shampoo, FOOF) from its model."""
-    if hasattr(optimizer, "remove_hooks"):
-        optimizer.remove_hooks()
 
 
 class Runs:
@@ -107,7 +101,7 @@ class Runs:
             try:
                 self._train_one(job, s, k, params, model, opt, data, layers, device, requested)
             finally:  # K-FAC/Shampoo hooks off the model, so both are freed with this frame
-                release(opt)
+                release_hooks(opt)
             del model, opt
         self.live["loss"].flush(force=True)
         self.live["feature"].flush(force=True)
@@ -217,7 +211,7 @@ class Runs:
                                       seed=seed, device=self.device, stop=job.stop_event):
                         pass
                 finally:
-                    release(opt)
+                    release_hooks(opt)
                 del model, opt
                 if last is not None and last["diverged"]:
                     self.messages.append(f"width {width}: {last['message']} · {last['hint']}")

@@ -154,6 +154,7 @@ def run_config(cfg: dict, device: str = "cpu") -> dict:
     import torch
     from .version import __version__
     from .divergence import hint_for
+    from .optim import release_hooks
     from .train import evaluate, train
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -179,8 +180,7 @@ def run_config(cfg: dict, device: str = "cpu") -> dict:
     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
         out.update(status="error", message=f"{type(e).__name__}: {e}")
     finally:
-        if hasattr(opt, "remove_hooks"):
-            opt.remove_hooks()
+        release_hooks(opt)
     finite = [x for x in curve if x is not None]
     out.update(
         steps_done=len(curve), final_loss=curve[-1] if curve else None,
@@ -288,6 +288,7 @@ def _run_all(todo, runner, store, bar):
 
 def _dry_build(configs):
     """Build each distinct optimizer setup once at a tiny width, so a bad option fails now."""
+    from .optim import release_hooks
     seen = set()
     for c in configs:
         probe = {**c, "width": 4, "base_width": 4, "dataset": c["dataset"]}
@@ -296,8 +297,7 @@ def _dry_build(configs):
             continue
         seen.add(key)
         _, opt, _ = build(probe)
-        if hasattr(opt, "remove_hooks"):
-            opt.remove_hooks()
+        release_hooks(opt)
 
 
 def _progress(total, skipped, enabled):

@@ -1,7 +1,8 @@
 """Every fast path equals the dense path in float64, and the optimizer state is the size we claim.
 
 Fast paths (see docs/performance.md): the low-rank reassociation (P_L gout^T)(x P_R), the
-push-through solve for current-batch K-FAC factors, the fused EMA/sum updates (addmm_) and the
+push-through solve for current-batch K-FAC factors, the thin-SVD update for current-batch
+Shampoo statistics, the fused EMA/sum updates (addmm_) and the
 Cholesky-solve inverse.
 """
 import pytest
@@ -9,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import mupso_lite as ml
-from mupso_lite.optim.linalg import damped_inverse, precondition, pushthrough_precondition
+from mupso_lite.optim.linalg import (current_batch_root_update, damped_inverse, inverse_root, precondition,
+                                    pushthrough_precondition)
 
 
 @pytest.fixture(autouse=True)
@@ -126,6 +128,43 @@ def test_shampoo_fused_statistics_equal_dense_sums(beta):
         torch.testing.assert_close(opt.state[m.weight]["R"], sums[m][1])
 
 
+@pytest.mark.parametrize("rows,out_dim,in_dim", [(6, 20, 30), (40, 20, 30), (25, 20, 30), (8, 3, 30)])
+@pytest.mark.parametrize("root,eps,relative", [(0.25, 1e-3, False), (0.5, 1e-2, True), (0.25, 0.0, False)])
+def test_current_batch_root_update_equals_dense(rows, out_dim, in_dim, root, eps, relative):
+    """(G G^T + eps_L I)^-e G (G^T G + eps_R I)^-e from the thin SVD = the eigh roots of the
+    formed statistics, at every shape (batch smaller or larger than either dimension)."""
+    torch.manual_seed(1)
+    gout, x = torch.randn(rows, out_dim), torch.randn(rows, in_dim)
+    g = gout.T @ x
+    dense = inverse_root(g @ g.T, root, eps, relative) @ g @ inverse_root(g.T @ g, root, eps, relative)
+    got = current_batch_root_update(gout, x, root, eps, relative)
+    torch.testing.assert_close(got, dense, rtol=1e-7, atol=1e-9 if eps else 1e-6)
+    if eps == 0 and root == 0.25:   # no ridge: the gradient with its singular values set to 1
+        u, s, vh = torch.linalg.svd(g, full_matrices=False)
+        k = int((s > 1e-9 * s[0]).sum())
+        torch.testing.assert_close(got, u[:, :k] @ vh[:k], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("eps_mode", ["absolute", "relative"])
+def test_shampoo_current_batch_step_equals_the_dense_step(bias, eps_mode):
+    """Shampoo(beta=0, update_interval=1, model=...) takes the thin-SVD path, stores no
+    statistics, and its steps equal ``fast=False`` (dense eigh roots of G G^T and G^T G)."""
+    data = batches(n=3, seed=6)
+    outs, opts = [], []
+    for fast in (True, False):
+        model = ml.MLP(6, 3, 32, depth=3, bias=bias, seed=0).double()
+        opt = ml.Shampoo(model.parameters(), lr=0.05, eps=1e-3, eps_mode=eps_mode, beta=0.0,
+                         update_interval=1, model=model, fast=fast)
+        outs.append(train(opt, model, data))
+        opts.append((opt, model))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)
+    opt, model = opts[0]
+    assert set(opt.state[model.layers[1].weight]) == {"step"}                # nothing width x width kept
+    assert {"L", "R", "L_root", "R_root"} <= set(opts[1][0].state[opts[1][1].layers[1].weight])
+
+
 def tensor_bytes(state):
     return {k: v.numel() * v.element_size() for k, v in state.items() if torch.is_tensor(v)}
 
@@ -160,6 +199,18 @@ def test_conv_patches_equal_unfold(kw):
     torch.testing.assert_close(conv_patches(m, x), u.transpose(1, 2).reshape(-1, u.shape[1]))
 
 
+def test_conv_patches_with_ones_and_a_rectangular_dilated_kernel():
+    from torch import nn
+    from mupso_lite.optim.capture import conv_patches
+    torch.manual_seed(7)
+    m = nn.Conv2d(2, 3, (3, 2), padding=(1, 2), stride=(2, 1), dilation=(1, 2))
+    x = torch.randn(3, 2, 9, 8)
+    u = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)
+    rows = u.transpose(1, 2).reshape(-1, u.shape[1])
+    got = conv_patches(m, x, ones=True)
+    torch.testing.assert_close(got, torch.cat([rows, torch.ones(len(rows), 1)], 1))
+
+
 @pytest.mark.parametrize("kw", [dict(padding=1, padding_mode="reflect"), dict(padding=1, padding_mode="circular"),
                                 dict(padding=(1, 2), padding_mode="replicate", stride=2),
                                 dict(padding=2, padding_mode="reflect", dilation=2), dict(padding="valid")])
@@ -187,3 +238,16 @@ def test_default_kfac_equals_the_plain_formula(foof):
         steps.append(list(train(opt, model, data)))
     for a, b in zip(*steps):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("rows,dim", [(2000, 200), (50, 200), (900, 211)])
+def test_gram_update_equals_the_dense_ema(rows, dim):
+    """The blocked symmetric product (many rows: conv patches) and the plain one equal beta F + alpha x^T x."""
+    from mupso_lite.optim.linalg import gram_update_
+    torch.manual_seed(8)
+    x, f = torch.randn(rows, dim), torch.randn(dim, dim)
+    f = f + f.T
+    want = 0.9 * f + 0.3 * x.T @ x
+    got = gram_update_(f.clone(), x, 0.9, 0.3)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(gram_update_(torch.empty(dim, dim), x, 0.0, 1.0), x.T @ x)   # beta 0 ignores junk

@@ -3,4 +3,11 @@ from .build import make_optimizer
 from .kfac import KFAC
 from .shampoo import Shampoo
 
-__all__ = ["KFAC", "Shampoo", "make_optimizer"]
+__all__ = ["KFAC", "Shampoo", "make_optimizer", "release_hooks"]
+
+
+def release_hooks(optimizer) -> None:
+    """Detach a K-FAC / FOOF / Shampoo optimizer's capture hooks from its model, so that both can
+    be freed as soon as the caller drops them (no-op for any other optimizer)."""
+    if hasattr(optimizer, "remove_hooks"):
+        optimizer.remove_hooks()

@@ -127,36 +127,43 @@ class _GradSlot:
 def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Rows of layer inputs: x for Linear (leading dims flattened), unfolded patches for Conv2d;
     a column of ones appended when the layer has a bias (the homogeneous coordinate)."""
+    ones = module.bias is not None
     if isinstance(module, nn.Conv2d):
-        x = conv_patches(module, x)
-    else:
-        x = x.reshape(-1, x.shape[-1])
-    if module.bias is not None:
-        x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-    return x
+        return conv_patches(module, x, ones=ones)
+    x = x.reshape(-1, x.shape[-1])
+    return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1) if ones else x
 
 
-def conv_patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+def conv_patches(module: nn.Conv2d, x: torch.Tensor, ones: bool = False) -> torch.Tensor:
     """(N H' W') x (C kh kw) patch rows, in the order of ``weight.reshape(out, -1)``, so that
-    ``conv_patches(m, x) @ m.weight.reshape(out, -1).T`` is the layer's output (bias aside).
+    ``conv_patches(m, x) @ m.weight.reshape(out, -1).T`` is the layer's output (bias aside);
+    ``ones`` appends a column of ones.
 
-    The input is padded as the layer pads it (zeros, or its ``padding_mode``), then cut into
-    patches from strided views (``Tensor.unfold`` twice, permute) with one copy: about 3x
-    faster on CPU than ``F.unfold`` followed by the transpose copy. A dilated kernel uses
-    ``F.unfold`` on the padded input; padding="same" is refused.
+    The input is padded as the layer pads it (zeros, or its ``padding_mode``); then, for each
+    of the kh kw kernel offsets, the strided window of the input it sees (N x C x H' x W', a
+    view) is copied into that offset's columns of the result. kh kw copies of whole images
+    run 2x faster on a CPU than one gather through a six-dimensional view, and 3x faster than
+    ``F.unfold`` plus a transpose. padding="same" is refused.
     """
     if isinstance(module.padding, str) and module.padding != "valid":
         raise ValueError(f"K-FAC capture: padding={module.padding!r} is not supported; use numbers")
-    (kh, kw), (sy, sx) = module.kernel_size, module.stride
+    (kh, kw), (sy, sx), (dy, dx) = module.kernel_size, module.stride, module.dilation
     ph, pw = (0, 0) if isinstance(module.padding, str) else module.padding
     if ph or pw:
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         x = F.pad(x, (pw, pw, ph, ph), mode=mode)
-    if module.dilation != (1, 1):
-        u = F.unfold(x, module.kernel_size, module.dilation, 0, module.stride)
-        return u.transpose(1, 2).reshape(-1, u.shape[1])
-    x = x.unfold(2, kh, sy).unfold(3, kw, sx)               # N x C x H' x W' x kh x kw (a view)
-    return x.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kh * kw)
+    n, c, hp, wp = x.shape
+    ho, wo = (hp - dy * (kh - 1) - 1) // sy + 1, (wp - dx * (kw - 1) - 1) // sx + 1
+    width = c * kh * kw
+    out = x.new_empty(n * ho * wo, width + int(ones))
+    cols = out[:, :width].view(n, ho, wo, c, kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            window = x[:, :, i * dy: i * dy + sy * (ho - 1) + 1: sy, j * dx: j * dx + sx * (wo - 1) + 1: sx]
+            cols[..., i, j].copy_(window.permute(0, 2, 3, 1))
+    if ones:
+        out[:, width] = 1
+    return out
 
 
 def output_rows(module: nn.Module, g: torch.Tensor) -> torch.Tensor:

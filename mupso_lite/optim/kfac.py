@@ -63,7 +63,7 @@ from ..checks import check_choice, check_positive
 from ..roles import weight_layers
 from .capture import LayerCapture, gradient_matrix, output_rows
 from .checkpoint import check_loadable, stamp
-from .linalg import damped_inverse, matches_batch, precondition, pushthrough_precondition
+from .linalg import damped_inverse, gram_update_, matches_batch, precondition, pushthrough_precondition
 
 DAMPING_MODES = ("given", "pi", "trace")
 FISHERS = ("auto", "empirical", "mc")
@@ -278,7 +278,7 @@ class KFAC(torch.optim.Optimizer):
         return pushthrough_precondition(gout, x, n, None if self.foof else rho_b, rho_a)
 
     def _update_factors(self, name, st):
-        """F <- d F + (1 - d) F_batch as one fused GEMM per factor (``addmm_`` with beta = d)."""
+        """F <- d F + (1 - d) F_batch, fused into the GEMM (``linalg.gram_update_``)."""
         x = self.capture.x(name)
         n = self.capture.batch_size(name)
         delta = self._delta(name)
@@ -287,9 +287,9 @@ class KFAC(torch.optim.Optimizer):
         if first:   # beta = 0 ignores the uninitialized buffer
             st["A"] = x.new_empty(x.shape[1], x.shape[1])
             st["B"] = None if self.foof else delta.new_empty(delta.shape[1], delta.shape[1])
-        st["A"].addmm_(x.T, x, beta=beta, alpha=w / x.shape[0])            # A_batch = x^T x / R
-        if not self.foof:                                                  # B_batch = n delta^T delta
-            st["B"].addmm_(delta.T, delta, beta=beta, alpha=w * n)          # = (1/N) sum (N g)(N g)^T
+        gram_update_(st["A"], x, beta, w / x.shape[0])             # A_batch = x^T x / R
+        if not self.foof:                                          # B_batch = n delta^T delta
+            gram_update_(st["B"], delta, beta, w * n)               # = (1/N) sum (N g)(N g)^T
 
     def _delta(self, name):
         return self._fisher_gout.get(name, self.capture.gout(name))   # sampled this step, if MC

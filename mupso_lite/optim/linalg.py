@@ -93,6 +93,27 @@ def precondition(left: torch.Tensor | None, grad: torch.Tensor, right: torch.Ten
     return u if right is None else u @ right
 
 
+def gram_update_(f: torch.Tensor, x: torch.Tensor, beta: float, alpha: float) -> torch.Tensor:
+    """f <- beta f + alpha x^T x, in place (one fused GEMM per block, no temporary).
+
+    When x has many more rows than columns (a convolution's patches: N H' W' rows), only the
+    blocks on and above the diagonal of a 3 x 3 block grid are multiplied and the rest is
+    mirrored: 6/9 of the flops, measured 74 -> 56 ms on 8192 x 577 patches on one CPU thread.
+    For a batch of a few hundred rows it gains nothing (the mirror copies cost what the
+    GEMM saves), and one ``addmm_`` is used."""
+    rows, dim = x.shape
+    if rows < 4 * dim or dim < 192:
+        return f.addmm_(x.T, x, beta=beta, alpha=alpha)
+    edges = [round(k * dim / 3) for k in range(4)]
+    blocks = [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    for i, a in enumerate(blocks):
+        for b in blocks[i:]:
+            f[a, b].addmm_(x[:, a].T, x[:, b], beta=beta, alpha=alpha)
+            if b != a:
+                f[b, a] = f[a, b].T
+    return f
+
+
 def matches_batch(grad: torch.Tensor, gout: torch.Tensor, x: torch.Tensor, rtol: float = 1e-3) -> bool:
     """Whether grad == gout^T x, checked on one random direction v: |grad v - gout^T (x v)|.
 
@@ -124,6 +145,40 @@ def pushthrough_precondition(gout: torch.Tensor, x: torch.Tensor, n: int, rho_b:
     return left.T @ right
 
 
+def current_batch_root_update(gout: torch.Tensor, x: torch.Tensor, exponent: float, eps: float,
+                              relative: bool = False) -> torch.Tensor:
+    """Shampoo's update (L + eps_L I)^-e G (R + eps_R I)^-e when the statistics are the
+    current batch's, L = G G^T and R = G^T G with G = gout^T x, from thin factorizations:
+    no out x out or in x in matrix is formed or decomposed.
+
+    QR: gout^T = Q1 T1 and x^T = Q2 T2, so G = Q1 (T1 T2^T) Q2^T; the SVD T1 T2^T = U S V^T
+    gives G = P S Q^T with orthonormal P = Q1 U, Q = Q2 V. Then L = P S^2 P^T, and since
+    every column of G lies in the span of P, (L + eps I)^-e G = P (S^2 + eps)^-e S Q^T:
+
+        update = P diag(s (s^2 + eps_L)^-e (s^2 + eps_R)^-e) Q^T.
+
+    ``relative``: eps_L = eps_R = eps s_max^2 (lambda_max of L and of R). As eps -> 0 with
+    e = 1/4 the update tends to P Q^T, the gradient with all its singular values set to 1.
+    Cost: two thin QRs, one SVD of at most R x R, one out x k x in product (k = rank <= R).
+    """
+    last = None
+    for dtype in _dtypes(gout):
+        try:
+            q1, t1 = torch.linalg.qr(gout.T.to(dtype))
+            q2, t2 = torch.linalg.qr(x.T.to(dtype))
+            u, s, vh = torch.linalg.svd(t1 @ t2.T, full_matrices=False)
+        except RuntimeError as err:   # non-convergence: retry in float64
+            last = err
+            continue
+        lam = s * s                                        # the nonzero eigenvalues of L and of R
+        top = max(float(lam.max()), 1e-30) if lam.numel() else 1e-30
+        ridge = eps * top if relative else eps
+        floor = torch.finfo(dtype).eps * top               # as in inverse_root: finite when eps = 0
+        scale = s * (lam + ridge).clamp_min(floor) ** (-2 * exponent)
+        return ((q1 @ u) * scale) @ (q2 @ vh.T).T
+    raise RuntimeError(f"current_batch_root_update: SVD failed in float64 too ({last})")
+
+
 def _side_solve(d: torch.Tensor, rho: float, scale: float) -> torch.Tensor:
     """d (scale d^T d + rho I)^-1 = (scale d d^T + rho I)^-1 d, in the smaller of the two sizes."""
     rows, dim = d.shape
@@ -135,9 +190,13 @@ def _side_solve(d: torch.Tensor, rho: float, scale: float) -> torch.Tensor:
 
 
 def _spd_solve(k: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """k^-1 rhs for a symmetric positive definite k (Cholesky; float64 retry; lstsq last)."""
+    """k^-1 rhs for a small symmetric positive definite k (Cholesky; float64 retry; lstsq last).
+
+    k is at most R x R here and rhs has width columns: forming k^-1 (potri, k^3 / 3 flops) and
+    one matmul runs at matmul speed, where the two triangular solves of ``cholesky_solve``
+    (about 2 k^2 width flops at a third of it) took 3x longer on one CPU thread."""
     for dtype in _dtypes(k):
         chol, info = torch.linalg.cholesky_ex(k.to(dtype))
         if int(info) == 0:
-            return torch.cholesky_solve(rhs.to(dtype), chol).to(rhs.dtype)
+            return (torch.cholesky_inverse(chol) @ rhs.to(dtype)).to(rhs.dtype)
     return torch.linalg.lstsq(k.double(), rhs.double()).solution.to(rhs.dtype)

@@ -25,9 +25,14 @@ statistic: l <- l + g^2, r <- r + |g|^2, update g / ((l + eps)^e (r + eps)^e).
 ``grafting="sgd"`` or ``"adam"`` rescales each layer's update to the norm of the SGD or Adam
 (beta1 = 0, beta2 = ``graft_beta2``) update, so the lr follows that optimizer's scaling.
 
-Passing ``model=`` (any torch model) lets Shampoo reuse the batch: with G = gout^T x,
+Passing ``model=`` (any torch model) lets Shampoo reuse the batch (``fast=True``, the
+default; ``fast=False`` always computes the formula as written). With G = gout^T x,
 G G^T = gout^T (x x^T) gout and the preconditioning is (L^-e gout^T)(x R^-e): cheaper when
-the batch is smaller than the width. Results equal the dense path.
+the batch is smaller than the width. With current-batch statistics (``beta=0``,
+``update_interval=1``) L = G G^T has rank <= batch rows, and the whole update comes from a
+thin SVD of G (``linalg.current_batch_root_update``): no width x width matrix is formed or
+decomposed, and no statistics are stored. Results equal the dense path
+(tests/test_fast_paths.py).
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from ..checks import check_choice, check_positive
 from ..roles import weight_layers
 from .capture import LayerCapture
 from .checkpoint import check_loadable, stamp
-from .linalg import inverse_root, matches_batch, precondition
+from .linalg import current_batch_root_update, inverse_root, matches_batch, precondition
 
 WARMUP = 20  # steps whose inverse roots are always fresh
 
@@ -60,13 +65,16 @@ class Shampoo(torch.optim.Optimizer):
             captured to take the cheaper low-rank path (same result).
         check_batch: verify .grad == gout^T x on one random direction before the low-rank
             path (one host sync per layer and step); see ``KFAC``.
+        fast: with ``model=``, take the batch paths (low-rank; with ``beta=0`` and
+            ``update_interval=1`` the thin-SVD current-batch path) where they apply. They equal
+            the formula to rounding; ``fast=False`` always computes it as written.
     """
 
     def __init__(self, params, lr: float = 1e-2, eps: float = 1e-4, root: float = 0.25,
                  eps_mode: str = "absolute", update_interval: int = 10, beta: float | None = None,
                  grafting: str | None = None, graft_beta2: float = 0.999, momentum: float = 0.0,
                  weight_decay: float = 0.0, model: nn.Module | None = None, check_batch: bool = True,
-                 warmup: int | None = None):
+                 warmup: int | None = None, fast: bool = True):
         check_positive("lr", lr)
         check_positive("eps", eps, allow_zero=True)
         check_positive("root", root)
@@ -91,6 +99,7 @@ class Shampoo(torch.optim.Optimizer):
         self.root, self.update_interval, self.beta = float(root), update_interval, beta
         self.grafting, self.graft_beta2 = grafting, graft_beta2
         self.capture, self._layer_of, self.check_batch = None, {}, bool(check_batch)
+        self.fast = bool(fast)
         if model is not None:
             layers = weight_layers(model)
             self._layer_of = {id(m.weight): (name, m) for name, m in layers.items()}
@@ -132,12 +141,15 @@ class Shampoo(torch.optim.Optimizer):
 
     def _matrix_update(self, p, grad, st, k, eps):
         x = gout = None
-        if id(p) in self._layer_of and self.capture.ready(self._layer_of[id(p)][0]):
+        if self.fast and id(p) in self._layer_of and self.capture.ready(self._layer_of[id(p)][0]):
             name, module = self._layer_of[id(p)]
             xs = self.capture.x(name)[:, :-1] if module.bias is not None else self.capture.x(name)
             gout_rows = self.capture.gout(name)   # the bias is a separate tensor here: no ones column
             if not self.check_batch or matches_batch(grad, gout_rows, xs):
                 x, gout = xs, gout_rows
+        relative = self.eps_mode == "relative"
+        if x is not None and self.beta == 0 and self.update_interval == 1:   # statistics = this batch's
+            return current_batch_root_update(gout, x, self.root, eps, relative)
         if x is not None and x.shape[0] < min(grad.shape):
             xx, gg = x @ x.T, gout @ gout.T                    # R x R Gram matrices of the batch
             self._accumulate_product(st, "L", gout.T @ xx, gout)   # G G^T = gout^T (x x^T) gout
@@ -146,7 +158,6 @@ class Shampoo(torch.optim.Optimizer):
             self._accumulate_product(st, "L", grad, grad.T)
             self._accumulate_product(st, "R", grad.T, grad)
         if k < self.warmup or k % self.update_interval == 0 or "L_root" not in st:
-            relative = self.eps_mode == "relative"
             st["L_root"] = inverse_root(st["L"], self.root, eps, relative)
             st["R_root"] = inverse_root(st["R"], self.root, eps, relative)
         return precondition(st["L_root"], grad, st["R_root"], gout, x)
