@@ -6,8 +6,20 @@
     opt = ml.make_optimizer(model, "kfac", lr=0.1, damping=0.1, param="mup")
     for record in ml.train(model, opt, ml.datasets.digits(), steps=200): ...
 
-Imports flow one way: checks, roles -> scaling -> models, optim -> train -> coord, sweep
-(results, executors); plots, the dashboard and the CLI sit on top and nothing imports them.
+Imports flow one way, down this list: a module imports only from the lines above it and from
+what comes before it on its own line (in parentheses: the helpers of the module before them).
+
+    checks, losses, data (safe_pickle), version       nothing else of the package
+    roles -> scaling                                   layer roles, then the exponent table
+    models, optim (build, kfac, shampoo; capture, linalg, checkpoint)
+    divergence -> train                                the training loop
+    coord, sweep (results, executors)                  experiments
+    dashboard (dashboard_runs, live), cli (plots)      on top: nothing below imports them
+
+The one exception: executors imports the package only to hand its folder to Ray's workers.
+The dashboard draws its own live figures (live.py); plots makes the figures of coordinate
+checks and sweeps for the CLI and the notebooks. This module imports ``ml.Dashboard`` and
+``ml.plots`` on first use only, so sweep workers never load widgets or plotly.
 """
 from . import data as datasets
 from .coord import CoordCheck, coord_check, fit_slope, theory_slopes

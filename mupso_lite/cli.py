@@ -17,6 +17,8 @@ from pathlib import Path
 
 from .scaling import OPTIMIZERS, PARAMS
 
+PLOTLYJS = ("inline", "cdn", "directory")  # plots.save_html's choices; plotly loads on use only
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with a one-line error: "mupso-lite sweep: error: ... (see --help)", exit code 2."""
@@ -24,6 +26,23 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help that ends each option with its default, lists written as typed: "(default: 64,128)"."""
+
+    def _get_help_string(self, action):
+        text, default = action.help or "", action.default
+        if "(default" in text or not action.option_strings or default is None or default is False \
+                or default is argparse.SUPPRESS:
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".strip()
+
+
+PLOTLYJS_HELP = ("how each HTML file gets plotly.js: 'inline' puts it inside every file (~4.8 MB each, "
+                 "opens offline); 'directory' writes one shared plotly.min.js next to the HTML files, "
+                 "which load it from there (small files, offline while they stay together); 'cdn' makes "
+                 "small files that load plotly.js from the internet when opened (needs a connection)")
 
 def _list_of(kind, name, choices=None, positive=False):
     """An argparse type: "a,b,c" -> [kind(a), kind(b), kind(c)], checked."""
@@ -65,60 +84,79 @@ def _nonneg_float(text):
 
 
 def _model_flags(p):
-    p.add_argument("--depth", type=_positive_int, default=3, help="number of weight layers (default 3)")
-    p.add_argument("--activation", default="tanh", choices=["tanh", "relu", "gelu"])
-    p.add_argument("--base-width", type=_positive_int, default=64, help="base width M0 (default 64)")
+    p.add_argument("--depth", type=_positive_int, default=3, help="number of weight layers")
+    p.add_argument("--activation", default="tanh", choices=["tanh", "relu", "gelu"], help="activation function")
+    p.add_argument("--base-width", type=_positive_int, default=64, help="base width M0 (where SP and muP agree)")
     p.add_argument("--damping-mode", choices=["table", "fixed", "pi", "trace"],
                    help="K-FAC/FOOF damping mode (default: table)")
-    p.add_argument("--inverse-interval", type=_positive_int, help="K-FAC steps between inverses")
+    p.add_argument("--inverse-interval", type=_positive_int,
+                   help="K-FAC steps between inverses (default: the optimizer's)")
+
+
+def _sweep_default(key):
+    from .sweep import MODEL_KEYS, OPTIM_KEYS, RUN_KEYS
+    value = {**MODEL_KEYS, **OPTIM_KEYS, **RUN_KEYS}[key]
+    return f"(default: {value}, or what --grid sets)"
 
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser with the subcommands coord-check, sweep and report."""
-    top = Parser(prog="mupso-lite", description="muP for SGD, Adam, K-FAC, Shampoo and FOOF: "
-                                  "coordinate checks, sweeps and reports.")
+    top = Parser(prog="mupso-lite", formatter_class=HelpFormatter,
+                 description="muP for SGD, Adam, K-FAC, Shampoo and FOOF: coordinate checks, sweeps and reports.")
     sub = top.add_subparsers(dest="command", required=True, metavar="{coord-check,sweep,report}")
 
-    c = sub.add_parser("coord-check", help="feature change vs width; writes CSV and HTML",
+    c = sub.add_parser("coord-check", help="feature change vs width; writes CSV and HTML", formatter_class=HelpFormatter,
                        description="Train fresh MLPs at each width for a few steps and fit the width "
                                    "exponent of every layer's feature change (0 = width-stable).")
-    c.add_argument("--optimizer", choices=OPTIMIZERS, default="kfac")
-    c.add_argument("--param", choices=PARAMS, default="mup")
-    c.add_argument("--widths", type=_list_of(int, "widths", positive=True), default=[64, 128, 256, 512, 1024])
+    c.add_argument("--optimizer", choices=OPTIMIZERS, default="kfac", help="optimizer")
+    c.add_argument("--param", choices=PARAMS, default="mup", help="parametrization")
+    c.add_argument("--widths", type=_list_of(int, "widths", positive=True), default=[64, 128, 256, 512, 1024],
+                   help="widths M, comma-separated")
     c.add_argument("--steps", type=_list_of(int, "steps", positive=True), default=[1, 3],
-                   help="steps at which to record (default 1,3)")
-    c.add_argument("--seeds", type=_list_of(int, "seeds"), default=[0, 1])
-    c.add_argument("--data", default="teacher", choices=["teacher", "digits", "mnist1d", "teacher_regression"])
+                   help="steps at which to record")
+    c.add_argument("--seeds", type=_list_of(int, "seeds"), default=[0, 1], help="seeds, comma-separated")
+    c.add_argument("--data", default="teacher", choices=["teacher", "digits", "mnist1d", "teacher_regression"],
+                   help="dataset")
     c.add_argument("--lr", type=_list_of(float, "lr", positive=True), default=[0.1], help="base lr (one value)")
     c.add_argument("--damping", type=_nonneg_float, help="base damping (default: the optimizer's)")
     _model_flags(c)
-    c.add_argument("--out", default="results/coord", help="output folder (default results/coord)")
+    c.add_argument("--out", default="results/coord", help="output folder")
+    c.add_argument("--plotlyjs", choices=PLOTLYJS, default="inline", help=PLOTLYJS_HELP)
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    s = sub.add_parser("sweep", help="run a grid into a JSONL results file (resumable)",
+    s = sub.add_parser("sweep", help="run a grid into a JSONL results file (resumable)", formatter_class=HelpFormatter,
                        description="Every combination of the lists is one run; finished runs in the "
                                    "results file are skipped, so an interrupted sweep resumes.")
     s.add_argument("--grid", help="a JSON file holding the grid (a dict of lists); the list flags add to it")
-    s.add_argument("--widths", type=_list_of(int, "widths", positive=True))
-    s.add_argument("--lrs", type=_list_of(float, "lrs", positive=True))
-    s.add_argument("--dampings", type=_list_of(float, "dampings"))
-    s.add_argument("--params", type=_list_of(str, "params", PARAMS))
-    s.add_argument("--optimizers", type=_list_of(str, "optimizers", OPTIMIZERS))
-    s.add_argument("--datasets", type=_list_of(str, "datasets", ("digits", "teacher", "mnist1d")))
-    s.add_argument("--seeds", type=_list_of(int, "seeds"))
-    s.add_argument("--steps", type=_positive_int, default=100)
-    s.add_argument("--batch-size", type=_positive_int, default=64)
+    s.add_argument("--widths", type=_list_of(int, "widths", positive=True),
+                   help=f"widths M, comma-separated {_sweep_default('width')}")
+    s.add_argument("--lrs", type=_list_of(float, "lrs", positive=True), help=f"base lrs {_sweep_default('lr')}")
+    s.add_argument("--dampings", type=_list_of(float, "dampings"),
+                   help="base dampings (default: the optimizer's, or what --grid sets)")
+    s.add_argument("--params", type=_list_of(str, "params", PARAMS),
+                   help=f"parametrizations among {', '.join(PARAMS)} {_sweep_default('param')}")
+    s.add_argument("--optimizers", type=_list_of(str, "optimizers", OPTIMIZERS),
+                   help=f"optimizers among {', '.join(OPTIMIZERS)} {_sweep_default('optimizer')}")
+    s.add_argument("--datasets", type=_list_of(str, "datasets", ("digits", "teacher", "mnist1d")),
+                   help=f"datasets among digits, teacher, mnist1d {_sweep_default('dataset')}")
+    s.add_argument("--seeds", type=_list_of(int, "seeds"), help=f"seeds {_sweep_default('seed')}")
+    s.add_argument("--steps", type=_positive_int, default=100, help="training steps per run")
+    s.add_argument("--batch-size", type=_positive_int, default=64, help="batch size")
     _model_flags(s)
-    s.add_argument("--results", default="results/sweep.jsonl")
-    s.add_argument("--executor", choices=["local", "serial", "ray"], default="local")
+    s.add_argument("--results", default="results/sweep.jsonl", help="the JSONL results file (appended to)")
+    s.add_argument("--executor", choices=["local", "serial", "ray"], default="local",
+                   help="local: a process pool; serial: this process; ray: a Ray cluster")
     s.add_argument("--workers", type=_positive_int, help="parallel runs (default: CPU count)")
-    s.add_argument("--ray-address", help="attach to this Ray cluster (e.g. ray://head:10001 or auto)")
+    s.add_argument("--ray-address", help="attach to this Ray cluster (e.g. ray://head:10001 or auto; "
+                                         "default: start a local one)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    r = sub.add_parser("report", help="HTML figures and a CSV summary of a results file",
+    r = sub.add_parser("report", help="HTML figures and a CSV summary of a results file", formatter_class=HelpFormatter,
                        description="Writes lr_transfer.html, damping_transfer.html, accuracy_vs_width.html "
                                    "(whichever the results can show) and summary.csv.")
     r.add_argument("results", help="a JSONL file written by sweep")
-    r.add_argument("--out", default="results/report", help="output folder (default results/report)")
+    r.add_argument("--out", default="results/report", help="output folder")
+    r.add_argument("--plotlyjs", choices=PLOTLYJS, default="inline", help=PLOTLYJS_HELP)
     return top
 
 
@@ -184,7 +222,8 @@ def _diverged_line(df) -> str | None:
 def _coord(args) -> int:
     from .coord import coord_check, theory_slopes
     from .models import MLP
-    from .plots import coord_check_figure, save_html
+    from .optim import make_optimizer
+    from .plots import OPTIMIZER_NAMES, PARAM_NAMES, coord_check_figure, save_html
     if len(args.lr) != 1:
         raise ValueError(f"--lr: expected one value, got {args.lr}")
     _check_out_dir("--out", args.out)
@@ -195,19 +234,49 @@ def _coord(args) -> int:
     def model_fn(width, seed=0):
         return MLP(data.d_in, data.d_out, width, args.depth, base_width=args.base_width, param=args.param,
                    activation=args.activation, seed=seed)
-    cc = coord_check(model_fn, args.optimizer, args.param, widths=args.widths, steps=args.steps,
-                     seeds=args.seeds, data=data, lr=args.lr[0], damping=args.damping, device="cpu", **opts)
+
+    total, bar = len(set(args.widths)) * len(args.seeds), []  # the bar appears once the first run starts
+
+    def optimizer(model):  # called once per (width, seed), just before that model trains
+        opt = make_optimizer(model, args.optimizer, lr=args.lr[0], damping=args.damping, param=args.param, **opts)
+        if bar:
+            bar[0].update(1)  # the run before this one is done
+        else:
+            bar.append(_coord_progress(total, enabled=not args.no_progress))
+        bar[0].set_postfix_str(f"width {model.mup_width}")
+        return opt
+    try:
+        cc = coord_check(model_fn, optimizer, args.param, widths=args.widths, steps=args.steps,
+                         seeds=args.seeds, data=data, device="cpu")
+        for b in bar:
+            b.update(b.total - b.n)
+    except BaseException:
+        for b in bar:
+            b.leave = False  # an error or Ctrl-C: clear the bar, leave the one-line message
+        raise
+    finally:
+        for b in bar:
+            b.close()
+    cc.label = f"{args.param}/{args.optimizer}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cc.frame.to_csv(out / "coord.csv", index=False)
     cc.exponents.to_csv(out / "exponents.csv", index=False)
     theory = theory_slopes(args.param, args.optimizer, args.damping_mode or "table")
-    save_html(coord_check_figure(cc.frame, theory, title=f"Coordinate check: {cc.label}"), out / "coord.html")
+    title = (f"Coordinate check: {OPTIMIZER_NAMES[args.optimizer]}, {PARAM_NAMES[args.param]}, "
+             f"base lr {args.lr[0]:g} (dotted: theory)")
+    save_html(coord_check_figure(cc.frame, theory, title=title), out / "coord.html", args.plotlyjs)
     print(cc.exponents.pivot_table(index="layer", columns="step", values="slope", sort=False)
           .to_string(float_format=lambda x: f"{x:+.2f}"))
     print(cc.verdict())
     print(f"wrote {out / 'coord.csv'}, {out / 'exponents.csv'}, {out / 'coord.html'}")
     return 0
+
+
+def _coord_progress(total, enabled):
+    """A progress bar over the (width, seed) runs of a coordinate check, on stderr."""
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc="coord-check", unit="run", disable=not enabled)
 
 
 def _sweep(args) -> int:
@@ -242,7 +311,8 @@ def _sweep(args) -> int:
     df = sweep(grid, results=args.results, executor=args.executor, workers=args.workers,
                ray_address=args.ray_address, progress=not args.no_progress, **fixed)
     counts = df["status"].value_counts().to_dict() if len(df) else {}
-    print(f"{len(df)} runs in {args.results}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    print(f"{len(df)} run{'s' if len(df) != 1 else ''} in {args.results}: "
+          + ", ".join(f"{v} {k}" for k, v in counts.items()))
     if len(df) and (line := _diverged_line(df)):
         print(line)
     return 0
@@ -275,13 +345,15 @@ def _report(args) -> int:
     written = [out / "summary.csv"]
     ok = df[df["status"] == "ok"]
     if ok["lr"].nunique() > 1:
-        written.append(plots.save_html(plots.lr_transfer_figure(ok), out / "lr_transfer.html"))
+        written.append(plots.save_html(plots.lr_transfer_figure(ok), out / "lr_transfer.html", args.plotlyjs))
     if "damping" in ok and ok["damping"].nunique() > 1:
-        written.append(plots.save_html(plots.damping_transfer_figure(ok), out / "damping_transfer.html"))
+        written.append(plots.save_html(plots.damping_transfer_figure(ok), out / "damping_transfer.html",
+                                       args.plotlyjs))
     if ok["width"].nunique() > 1 and "test_accuracy" in ok:
         best = ok.loc[ok.groupby(["optimizer", "param", "width", "seed"])["train_loss"].idxmin().dropna()]
         written.append(plots.save_html(plots.accuracy_vs_width_figure(best, title="Test accuracy vs width "
-                                       "(best lr per width and seed)"), out / "accuracy_vs_width.html"))
+                                       "(best lr per width and seed)"), out / "accuracy_vs_width.html",
+                                       args.plotlyjs))
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if line := _diverged_line(df):
         print(line)

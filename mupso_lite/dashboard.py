@@ -6,15 +6,17 @@ batch size and number of steps, then:
 * **Run** trains one MLP and plots its training loss, its test accuracy and the feature
   change of every layer, rms(h_l(t) - h_l(0)), step by step;
 * **Compare SP vs μP** trains the same model twice, once per parametrization, overlaid;
-* **Width view** runs a coordinate check: a few steps at several widths, feature change
-  against width on log-log axes, with μP's prediction (a flat line, slope 0) dashed;
+* **Width view** runs a coordinate check: a few steps at several widths around the width
+  control, feature change against width on log-log axes, with μP's prediction (a flat line,
+  slope 0) dashed, and ``ml.coord_check``'s verdict in the status line;
 * **Stop** ends the run within one step. Moving any control during a run restarts it.
 
 Training runs in a background thread (``live.Job``), so the notebook stays usable; the
 figures are refreshed at most ~7 times a second. Nothing here does training math: models,
 optimizers and the training loop all come from ``mupso_lite`` itself. Everything the buttons
 do is a method too (``run``, ``compare``, ``width_view``, ``stop``, ``join``), so a script or a
-test can drive the dashboard without a browser and read ``records``, ``status`` and the figures.
+test can drive the dashboard without a browser and read ``records``, ``status``, ``verdict()``
+and the figures.
 
 Bad arguments raise (ValueError/TypeError naming the argument) before any widget or thread
 exists; a divergence shows in red with what to change and as a mark on the loss plot; an
@@ -31,14 +33,15 @@ import time
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from .dashboard_runs import DEFAULTS, OPTIMIZERS, PARAMS, Runs, Settings, builtin_datasets
+from .dashboard_runs import (DEFAULTS, FEATURE_TITLE, OPTIMIZERS, PARAMS, WIDTHS, Runs, Settings, builtin_datasets,
+                             width_axis)
 from .data import Dataset
-from .live import Job, LiveFigure
+from .live import LOG_AXIS, Job, LiveFigure, drop_file_watch, figure_widget, widget_tree
 from .checks import check_choice, check_positive
 from .train import resolve_device
 
 # The controls' ranges; an argument outside them raises (a slider would clamp it silently).
-WIDTHS, LRS, DAMPINGS, DEPTHS, STEPS = (32, 4096), (1e-4, 10.0), (1e-6, 1.0), (2, 6), (5, 2000)
+LRS, DAMPINGS, DEPTHS, STEPS = (1e-4, 10.0), (1e-6, 1.0), (2, 6), (5, 2000)  # WIDTHS: dashboard_runs
 BATCH_SIZES = (16, 32, 64, 128, 256, 512)
 FISHER_CHOICES = [("auto: MC for regression", "auto"), ("empirical", "empirical"), ("MC (sampled)", "mc")]
 
@@ -50,8 +53,9 @@ class Dashboard(Runs):
     the optimizer. ``fisher`` ("auto", "empirical" or "mc") is K-FAC's and FOOF's Fisher:
     "auto" samples targets (MC) for the squared loss of the regression datasets.
     ``datasets`` adds choices: {name: Dataset or zero-argument function}.
-    ``coord_widths``, ``coord_steps``, ``coord_seeds`` configure the width view
-    (default widths: powers of two from 64 up to the width control, at least 256).
+    ``coord_widths``, ``coord_steps``, ``coord_seeds`` configure the width view (default widths:
+    five a factor 2 apart ending at the width control, e.g. 64 ... 1024 at 1024, moved up to
+    start at 32 for small widths; see ``width_view_widths()``). ``verdict()`` is its finding.
     A value outside its control's range raises ValueError (a slider would clamp it silently).
     """
 
@@ -132,19 +136,18 @@ class Dashboard(Runs):
         self.status_widget = W.HTML(layout=W.Layout(min_height="24px"))
 
     def _build_figures(self):
-        def figure(title, x, y, **layout):
-            return go.FigureWidget(layout=dict(
-                title=dict(text=title, font_size=14), height=330, width=520, xaxis_title=x, yaxis_title=y,
-                margin=dict(l=60, r=20, t=50, b=45), legend=dict(font_size=10), **layout))
-        self.loss_figure = figure("training loss and test accuracy", "step", "loss", yaxis_type="log",
-                                  yaxis2=dict(title="test accuracy", overlaying="y", side="right",
-                                              type="linear", range=[0, 1], tickmode="linear", tick0=0, dtick=0.2,
-                                              showgrid=False))
-        self.feature_figure = figure("feature change rms(h_l(t) − h_l(0))", "step", "feature change",
-                                     yaxis_type="log")
-        self.width_figure = figure("width view: feature change after a few steps", "width M",
-                                   "feature change", xaxis_type="log", yaxis_type="log")
-        self.width_figure.update_layout(width=700)
+        # empty figures start on the ranges a run will fill (plotly's empty log axis spans 0.1 .. 1e6)
+        steps = [0, self.controls["steps"].value]
+        self.loss_figure = figure_widget(
+            "training loss and test accuracy", "step", "training loss", xaxis_range=steps,
+            yaxis=dict(LOG_AXIS, range=[-1, 0.5]),
+            yaxis2=dict(title=dict(text="test accuracy"), overlaying="y", side="right", type="linear",
+                        range=[0, 1], tickmode="linear", tick0=0, dtick=0.2, showgrid=False))
+        self.feature_figure = figure_widget("feature change rms(h_l(t) − h_l(0))", "step", FEATURE_TITLE,
+                                            xaxis_range=steps, yaxis=dict(LOG_AXIS, range=[-3, 0]))
+        self.width_figure = figure_widget("width view: feature change after a few steps", "width M", FEATURE_TITLE,
+                                          width=700, xaxis=dict(LOG_AXIS, **width_axis(self.width_view_widths())),
+                                          yaxis=dict(LOG_AXIS, range=[-3, 0.5]))
         self.live = {"loss": LiveFigure(self.loss_figure, self._interval),
                      "feature": LiveFigure(self.feature_figure, self._interval),
                      "width": LiveFigure(self.width_figure, self._interval)}
@@ -203,8 +206,8 @@ class Dashboard(Runs):
             live.reset([])
         roots = [getattr(self, "_widget", None), *self.controls.values(), *self.buttons.values(),
                  self.status_widget, self.loss_figure, self.feature_figure, self.width_figure]
-        for widget in _widget_tree(w for w in roots if w is not None):
-            _drop_file_watch(widget)
+        for widget in widget_tree(w for w in roots if w is not None):
+            drop_file_watch(widget)
             widget.close()
 
     @property
@@ -288,41 +291,6 @@ class Dashboard(Runs):
             import torch
             return f"cuda ({torch.cuda.get_device_name(self.device)})"
         return str(self.device)
-
-
-def _widget_tree(roots) -> list:
-    """The widgets in ``roots`` and every widget they hold (children, layout, style), each once."""
-    seen, out, stack = set(), [], list(roots)
-    while stack:
-        widget = stack.pop()
-        if id(widget) in seen:
-            continue
-        seen.add(id(widget))
-        out.append(widget)
-        for name in widget.keys:  # the synced traits: children, layout, style, ...
-            value = getattr(widget, name, None)
-            stack += [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, W.Widget)]
-    return out
-
-
-def _drop_file_watch(widget) -> None:
-    """Disconnect ``widget`` from the file-change signal of its class's JavaScript source.
-
-    anywidget connects every instance of a class whose JavaScript is a watched file (plotly's
-    FigureWidget) to that file's ``changed`` signal, through a callback that holds the instance:
-    a reference from the class, so a closed figure and its data would live as long as the
-    kernel. This walks psygnal's slots (not public API), so it is best effort and never raises.
-    """
-    for cls in type(widget).__mro__:
-        for key in ("_esm", "_css"):
-            signal = getattr(cls.__dict__.get(key), "changed", None)
-            for slot in list(getattr(signal, "_slots", ())):
-                try:
-                    callback = slot.dereference()
-                    if any(cell.cell_contents is widget for cell in getattr(callback, "__closure__", None) or ()):
-                        signal.disconnect(callback)
-                except Exception:  # noqa: BLE001, S112 - an empty cell or a changed psygnal: leave it
-                    continue
 
 
 # ---------------------------------------------------------------------- argument checks

@@ -5,8 +5,10 @@
 ``ml.train`` with the job's stop flag and feeds the records to throttled live figures and
 the status line. No training math happens here. A divergence (``ml.train``'s last record,
 ``mupso_lite.divergence``) shows in red with its message and hint, and as a dashed line on
-the loss plot; a run whose loss spiked but did not diverge, in orange the same way. Each model and optimizer lives only as long as its run: the optimizer's
-hooks are detached in a ``finally``, so nothing holds them after the job ends.
+the loss plot; a run whose loss spiked but did not diverge, in orange the same way. Each
+model and optimizer lives only as long as its run: the optimizer's hooks are detached in a
+``finally``, so nothing holds them after the job ends. The width view trains a few widths
+around the width control (``coord_widths_for``) and states ``ml.coord_check``'s verdict.
 """
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from .coord import fit_slope
+from .checks import check_positive
+from .coord import CoordCheck, exponents_of, fit_slope
 from .data import Dataset, load
-from .live import Job
+from .live import Job, log_range
 from .models import MLP
 from .roles import layer_roles
 from .optim import make_optimizer, release_hooks
@@ -35,6 +38,9 @@ DEFAULTS = {"sgd": (0.5, None), "adam": (1e-2, None), "kfac": (0.1, 0.1), "foof"
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
 PARAM_COLORS = {"sp": "#d62728", "mup": "#1f77b4"}
 WARN_COLOR = "#b35900"   # status and plot mark of a run whose loss spiked (not diverged)
+WIDTHS = (32, 4096)      # the width control's range
+COORD_COUNT = 5          # the width view's default number of widths
+FEATURE_TITLE = "feature change ‖Δh‖ (rms)"
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,31 @@ def builtin_datasets() -> list[str]:
     return names + (["mnist1d"] if importlib.util.find_spec("mnist1d") else [])
 
 
+def coord_widths_for(width: int, count: int = COORD_COUNT, limits: tuple = WIDTHS) -> list[int]:
+    """The width view's widths for the width control at ``width``: ``count`` widths a factor 2
+    apart ending at ``width`` (256 -> 16 ... 256), moved up by factors of 2 until the smallest is
+    within ``limits`` (256 -> 32, 64, 128, 256, 512). The largest is at most 2**(count-1) x 32
+    or ``width``, so a width view costs little more than one run at the chosen width."""
+    check_positive("width", width, integer=True)
+    check_positive("count", count, integer=True)
+    lo, hi = limits
+    shift = 0
+    while round(width * 2.0 ** (shift - count + 1)) < lo:
+        shift += 1
+    widths = [round(width * 2.0 ** (j + shift - count + 1)) for j in range(count)]
+    return [w for w in widths if w <= hi]
+
+
+def width_axis(widths: list) -> dict:
+    """The width view's x axis: log scale, spanning ``widths``, a labelled tick at each."""
+    return dict(range=log_range(min(widths), max(widths)), tickmode="array", tickvals=list(widths),
+                ticktext=[str(w) for w in widths], autorange=False, minor=dict(ticks="", showgrid=False))
+
+
 class Runs:
     """The training and width-view jobs; mixed into ``Dashboard`` (which owns the widgets)."""
+
+    coord_result: CoordCheck | None = None  # the last width view, as ``ml.coord_check`` returns it
 
     def _dataset(self, name: str) -> Dataset:
         with self._data_lock:
@@ -93,7 +122,7 @@ class Runs:
         data = self._dataset(s.dataset)
         classify = data.task == "classification"
         layers = self._layers(s, data)
-        self._reset_train_figures(params, layers, classify)
+        self._reset_train_figures(s, params, layers, classify)
         for k, param in enumerate(params):
             if job.stopped:
                 break
@@ -166,7 +195,7 @@ class Runs:
         shaky = any(r.get("warning") for r in self.records)
         self._set_status(" · ".join(parts), "#c00" if bad else WARN_COLOR if shaky else "#333")
 
-    def _reset_train_figures(self, params, layers, classify) -> None:
+    def _reset_train_figures(self, s: Settings, params, layers, classify) -> None:
         multi, loss_traces, feat_traces = len(params) > 1, [], []
         for k, param in enumerate(params):
             tag = f" ({LABEL[param]})" if multi else ""
@@ -179,15 +208,24 @@ class Runs:
                 feat_traces.append(go.Scatter(x=[], y=[], mode="lines", name=f"{name} ({role}){tag}",
                                               line=dict(color=COLORS[j % len(COLORS)],
                                                         dash="dash" if multi and param == "sp" else "solid")))
-        self.live["loss"].reset(loss_traces)
-        self.live["feature"].reset(feat_traces)
+        steps = dict(xaxis_range=[0, s.steps], yaxis_autorange=True)  # the x axis fits the whole run
+        self.live["loss"].reset(loss_traces, layout=dict(
+            steps, yaxis_title_text="training loss" if classify else "loss (training, test)",
+            yaxis2_visible=classify))  # regression: the test loss shares the loss axis
+        self.live["feature"].reset(feat_traces, layout=steps)
+
+    def width_view_widths(self, width: int | None = None) -> list[int]:
+        """The widths the Width view trains: ``coord_widths=`` when given, else
+        ``coord_widths_for`` the width control (or ``width``)."""
+        if self.coord_widths:
+            return list(self.coord_widths)
+        return coord_widths_for(self.settings().width if width is None else width)
 
     def _width_job(self, job: Job, s: Settings, params: list, requested: float) -> None:
         """A coordinate check at the current settings: feature change vs width, log-log."""
-        widths = self.coord_widths or [2 ** k for k in range(5, 13) if min(BASE_WIDTH, s.width) <= 2 ** k
-                                       <= max(s.width, 256)]
+        widths = self.width_view_widths(s.width)
         data, device = self._dataset(s.dataset), self._device_name()
-        self.width_points, self.messages = [], []
+        self.width_points, self.messages, self.coord_result = [], [], None
         layers = self._layers(s, data)
         traces = []
         for j, (name, role) in enumerate(layers):
@@ -197,8 +235,9 @@ class Runs:
                                   line=dict(color=color, dash="dash"), showlegend=j == 0)]
         title = (f"width view: {LABEL[s.param]} {dict((v, k) for k, v in OPTIMIZERS)[s.optimizer]}, "
                  f"feature change after {self.coord_steps} steps")
-        self.live["width"].reset(traces, layout=dict(title_text=title))
-        diverged, hint = [], ""
+        self.live["width"].reset(traces, layout=dict(title_text=title, xaxis=width_axis(widths),
+                                                     yaxis_autorange=True))
+        diverged = []
         for i, width in enumerate(widths):
             for seed in self.coord_seeds:
                 if job.stopped:
@@ -215,19 +254,33 @@ class Runs:
                 del model, opt
                 if last is not None and last["diverged"]:
                     self.messages.append(f"width {width}: {last['message']} · {last['hint']}")
-                    diverged.append(f"width {width}: {last['message']}")
-                    hint = last["hint"]
+                    diverged.append({"width": width, "seed": seed, **{k: last[k] for k in ("step", "message", "hint")}})
                 if last is None or last["diverged"] or last["step"] < self.coord_steps:
                     continue  # no point: stopped, or diverged (no finite feature change)
                 for name, role in layers:
                     self.width_points.append(dict(width=width, seed=seed, layer=name, role=role,
-                                                  feature_change=last["feature_change"][name]))
+                                                  feature_change=last["feature_change"][name],
+                                                  output_change=last["output_change"]))
             self._update_width_figure(layers)
         self.live["width"].flush(force=True)
-        slopes = ", ".join(f"{role} {self.slopes().get(name, math.nan):+.2f}" for name, role in layers)
-        extra = f" · {'; '.join(diverged)} · {hint}" if diverged else ""
-        self._set_status(f"device: {device} · width view done: slopes {slopes} (μP predicts 0){extra}",
-                         "#c00" if diverged else "#333")
+        self.coord_result = self._coord_check(s, diverged)
+        fitted = self.coord_result.slopes()
+        slopes = ", ".join(f"{role} {fitted.get(name, math.nan):+.2f}"
+                           for name, role in [*layers, ("f", "f (output change)")])
+        span = f"widths {', '.join(map(str, widths))}"
+        self._set_status(f"device: {device} · width view done ({span}): slopes {slopes} (μP predicts 0) · "
+                         f"verdict: {self.coord_result.verdict()}", "#c00" if diverged else "#333")
+
+    def _coord_check(self, s: Settings, diverged: list) -> CoordCheck:
+        """The width view's points as ``ml.coord_check`` returns them, so ``verdict()`` is its text."""
+        import pandas as pd
+        frame = pd.DataFrame([{**p, "step": self.coord_steps} for p in self.width_points],
+                             columns=["width", "seed", "step", "layer", "role", "feature_change", "output_change"])
+        return CoordCheck(frame, exponents_of(frame), label=f"{s.param}/{s.optimizer}", diverged=diverged)
+
+    def verdict(self) -> str:
+        """The last width view's verdict, in ``ml.coord_check``'s words ("" before the first one)."""
+        return "" if self.coord_result is None else self.coord_result.verdict()
 
     def slopes(self) -> dict:
         """{layer: fitted exponent} of the last width view (slope of log feature change vs log M)."""

@@ -1,4 +1,4 @@
-"""Background jobs and throttled live figures for the dashboard (no widgets, no training math).
+"""Background jobs, throttled live figures and their look, for the dashboard (no training math).
 
 A ``Job`` runs one function in a daemon thread with a ``threading.Event`` stop flag. A new
 job first stops and waits for the job it replaces, so at most one run touches the figures
@@ -8,7 +8,9 @@ frames would hold the run's model and optimizer); ``job.traceback`` keeps the te
 
 ``LiveFigure`` keeps the numbers of each trace in plain Python lists and pushes them to a
 plotly ``FigureWidget`` at most every ``interval`` seconds (one batched message per push),
-so a fast run cannot flood the browser.
+so a fast run cannot flood the browser. ``figure_widget`` and ``LOG_AXIS`` give every figure
+the same readable layout (legend below the axes, decade-only log ticks, human axis titles);
+``widget_tree`` and ``drop_file_watch`` help ``Dashboard.close`` free every widget.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ import threading
 import time
 import traceback
 from typing import Callable
+
+import ipywidgets as W
+import plotly.graph_objects as go
 
 
 class Job:
@@ -160,3 +165,65 @@ class LiveFigure:
 
 def _finite(y):
     return y if y is None or math.isfinite(y) else None
+
+
+# ---------------------------------------------------------------------- the figures' look
+# A log axis labelled at decades only (1, 10, 10², ... as powers), with unlabelled minor grid lines.
+LOG_AXIS = dict(type="log", dtick=1, exponentformat="power",
+                minor=dict(ticks="outside", ticklen=3, showgrid=True, gridcolor="rgba(0,0,0,0.05)"))
+
+
+def figure_widget(title: str, x_title: str, y_title: str, width: int = 520, height: int = 400,
+                  **layout) -> go.FigureWidget:
+    """An empty ``go.FigureWidget`` with the dashboard's layout: axis titles in words and the
+    legend in a row below the plot (never over the data, the right-hand axis or its title)."""
+    base = dict(title=dict(text=title, font_size=14), height=height, width=width,
+                xaxis=dict(title=dict(text=x_title)), yaxis=dict(title=dict(text=y_title)),
+                margin=dict(l=70, r=60, t=50, b=40), plot_bgcolor="white",
+                legend=dict(orientation="h", x=0, xanchor="left", y=-0.22, yanchor="top", font_size=10))
+    fig = go.FigureWidget(layout=base)
+    fig.update_layout(**layout)
+    fig.update_xaxes(showline=True, linecolor="#888", gridcolor="#eee", zeroline=False)
+    fig.update_yaxes(showline=True, linecolor="#888", gridcolor="#eee", zeroline=False)
+    return fig
+
+
+def log_range(lo: float, hi: float, pad: float = 1.25) -> list:
+    """A log axis's ``range`` (log10 units) from ``lo / pad`` to ``hi * pad``."""
+    return [math.log10(lo / pad), math.log10(hi * pad)]
+
+
+# ---------------------------------------------------------------------- closing widgets
+def widget_tree(roots) -> list:
+    """The widgets in ``roots`` and every widget they hold (children, layout, style), each once."""
+    seen, out, stack = set(), [], list(roots)
+    while stack:
+        widget = stack.pop()
+        if id(widget) in seen:
+            continue
+        seen.add(id(widget))
+        out.append(widget)
+        for name in widget.keys:  # the synced traits: children, layout, style, ...
+            value = getattr(widget, name, None)
+            stack += [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, W.Widget)]
+    return out
+
+
+def drop_file_watch(widget) -> None:
+    """Disconnect ``widget`` from the file-change signal of its class's JavaScript source.
+
+    anywidget connects every instance of a class whose JavaScript is a watched file (plotly's
+    FigureWidget) to that file's ``changed`` signal, through a callback that holds the instance:
+    a reference from the class, so a closed figure and its data would live as long as the
+    kernel. This walks psygnal's slots (not public API), so it is best effort and never raises.
+    """
+    for cls in type(widget).__mro__:
+        for key in ("_esm", "_css"):
+            signal = getattr(cls.__dict__.get(key), "changed", None)
+            for slot in list(getattr(signal, "_slots", ())):
+                try:
+                    callback = slot.dereference()
+                    if any(cell.cell_contents is widget for cell in getattr(callback, "__closure__", None) or ()):
+                        signal.disconnect(callback)
+                except Exception:  # noqa: BLE001, S112 - an empty cell or a changed psygnal: leave it
+                    continue

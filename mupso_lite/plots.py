@@ -8,8 +8,10 @@ Every function takes a pandas DataFrame and returns a ``plotly.graph_objects.Fig
     accuracy_vs_width_figure(df)            test accuracy vs width, SP and muP, mean +- spread
     save_html(fig, "fig.html")              a standalone file (plotly.js inlined: works offline)
 
-Missing values (diverged runs) are left out of means; a width whose runs all diverged shows
-no point.
+Axes carry plain names ("learning rate", not ``lr``), panels the optimizer's name (K-FAC,
+Shampoo, ...), log axes readable ticks (decades as 1e-4, 0.01, 1), and legends sit to the
+right of the plotting area. Missing values (diverged runs) are left out of means; a width
+whose runs all diverged shows no point.
 """
 from __future__ import annotations
 
@@ -22,6 +24,32 @@ from plotly.subplots import make_subplots
 
 COLORS = qualitative.Plotly
 DASHES = ("solid", "dash", "dot", "dashdot")
+OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "kfac": "K-FAC", "shampoo": "Shampoo", "foof": "FOOF"}
+PARAM_NAMES = {"sp": "SP", "mup": "μP"}
+LABELS = {"lr": "learning rate", "damping": "damping", "width": "width M",
+          "train_loss": "training loss (whole training set)", "best_loss": "lowest training-batch loss",
+          "final_loss": "training-batch loss at the last step", "test_loss": "test loss",
+          "test_accuracy": "test accuracy", "train_accuracy": "training accuracy",
+          "final_accuracy": "training-batch accuracy at the last step", "param": "parametrization",
+          "damping_mode": "damping mode", "optimizer": "optimizer", "dataset": "dataset", "seed": "seed",
+          "feature_change": "rms feature change"}
+LEGEND = dict(orientation="v", x=1.02, xanchor="left", y=1.0, yanchor="top")  # right of the plots
+PLOTLYJS = ("inline", "cdn", "directory")
+
+
+def label(column: str) -> str:
+    """The axis title of a column: "learning rate" for ``lr``, "test loss" for ``test_loss``."""
+    return LABELS.get(column, str(column).replace("_", " "))
+
+
+def value_name(column: str, value) -> str:
+    """How a value reads in a title or legend: "K-FAC", "μP", "damping mode trace", "width 64"."""
+    if column == "optimizer":
+        return OPTIMIZER_NAMES.get(value, str(value))
+    if column == "param":
+        return PARAM_NAMES.get(value, str(value))
+    name = "width" if column == "width" else label(column)
+    return f"{name} {value:g}" if isinstance(value, (int, float, np.number)) else f"{name} {value}"
 
 
 def _check_frame(df, columns, name="df"):
@@ -36,10 +64,51 @@ def _check_frame(df, columns, name="df"):
         raise ValueError(f"{name}: expected at least one row, got an empty DataFrame")
 
 
+def tick_text(v: float) -> str:
+    """A tick label: whole numbers below 1e5 and 0.01 ... 100 plain, others as 1e-4, 2e+5."""
+    p = math.floor(math.log10(v) + 1e-9)
+    if float(v).is_integer() and v < 1e5:
+        return str(int(v))
+    if abs(p) <= 2:
+        return f"{v:.3g}"
+    return f"{v / 10.0 ** p:.3g}e{p:+d}"
+
+
+def log_axis(values, at_values: bool = False) -> dict:
+    """Properties of a readable log axis for ``values``: ticks at each decade (1e-4, 0.01, 1)
+    when the values span two decades or more, else at 1-2-5 steps; ``at_values`` puts the
+    ticks at the values themselves (widths), up to 12 of them."""
+    v = np.asarray([x for x in np.ravel(values) if x is not None], float)
+    v = v[np.isfinite(v) & (v > 0)]
+    props = dict(type="log", exponentformat="e", showexponent="all")
+    if v.size == 0:
+        return props
+    if at_values and len(np.unique(v)) <= 12:
+        ticks = sorted(np.unique(v))
+    else:
+        lo, hi = math.log10(v.min()) - 1e-9, math.log10(v.max()) + 1e-9
+        if math.floor(hi) - math.ceil(lo) >= 1:
+            return {**props, "dtick": 1, "tickmode": "linear"}
+        steps = [m * 10.0 ** k for k in range(math.floor(lo) - 1, math.ceil(hi) + 2) for m in (1, 2, 5)]
+        ticks = [t for t in steps if v.min() * (1 - 1e-9) <= t <= v.max() * (1 + 1e-9)]
+        if len(ticks) < 2:
+            ticks = [max(t for t in steps if t < v.min()), *ticks, min(t for t in steps if t > v.max())]
+    span = math.log10(max(ticks[-1], v.max())) - math.log10(min(ticks[0], v.min()))
+    pad = 0.05 * span if span > 0 else 0.1
+    rng = [math.log10(min(ticks[0], v.min())) - pad, math.log10(max(ticks[-1], v.max())) + pad]
+    return {**props, "tickmode": "array", "tickvals": [float(t) for t in ticks],
+            "ticktext": [tick_text(t) for t in ticks], "range": rng}
+
+
+def _legend(title: str) -> dict:
+    return {**LEGEND, "title_text": title}
+
+
 def coord_check_figure(frame, theory: dict | float | None = 0.0, steps=None, title: str = "",
                        output: bool = True) -> go.Figure:
-    """Feature change against width (log-log): one panel per step, one line per layer
-    (mean over seeds, error bars min..max), plus the output change "f" if ``output``.
+    """Feature change against width (log-log): one panel per step, one line per layer named
+    "layers.0 (input)" (mean over seeds, error bars min..max), plus the network output's
+    change "f(x) (network output)" if ``output``.
 
     ``theory``: the predicted width exponent, a number for every layer or {role: slope}
     (``ml.coord.theory_slopes``); drawn dotted through each layer's value at the smallest
@@ -53,6 +122,7 @@ def coord_check_figure(frame, theory: dict | float | None = 0.0, steps=None, tit
         long = _concat(long, f.rename(columns={"output_change": "feature_change"}).assign(layer="f", role="f"))
     fig = make_subplots(1, len(steps), subplot_titles=[f"step {s}" for s in steps], shared_yaxes=True)
     layers = list(dict.fromkeys(long["layer"]))
+    slopes, ys = {}, [long["feature_change"].to_numpy(float)]
     for col, step in enumerate(steps, start=1):
         sub = long[long["step"] == step]
         for i, layer in enumerate(layers):
@@ -61,22 +131,30 @@ def coord_check_figure(frame, theory: dict | float | None = 0.0, steps=None, tit
             if m.empty:
                 continue
             color, role = COLORS[i % len(COLORS)], sub[sub["layer"] == layer]["role"].iloc[0]
-            fig.add_trace(go.Scatter(
-                x=m.index, y=m.values, mode="lines+markers", name=f"{layer} ({role})", legendgroup=layer,
-                showlegend=col == 1, line=dict(color=color),
+            name = "f(x) (network output)" if layer == "f" and role == "f" else f"{layer} ({role})"
+            fig.add_trace(go.Scatter(  # f(x) dashed: it often lies on the output layer's line
+                x=m.index, y=m.values, mode="lines+markers", name=name, legendgroup=layer,
+                showlegend=col == 1, line=dict(color=color, dash="dash" if layer == "f" else "solid"),
                 error_y=dict(type="data", symmetric=False, array=hi - m, arrayminus=m - lo)), 1, col)
             slope = theory.get(role) if isinstance(theory, dict) else theory
             if slope is not None and math.isfinite(slope) and m.iloc[0] > 0:
                 w = np.array([m.index.min(), m.index.max()], float)
+                slopes[layer], y = slope, m.iloc[0] * (w / w[0]) ** slope
+                ys.append(y)
                 fig.add_trace(go.Scatter(
-                    x=w, y=m.iloc[0] * (w / w[0]) ** slope, mode="lines", legendgroup=layer,
-                    name=f"theory M^{slope:+g}", showlegend=col == 1 and i == 0,
-                    line=dict(color=color, dash="dot", width=1), hoverinfo="skip"), 1, col)
-    fig.update_xaxes(type="log", title_text="width M")
-    fig.update_yaxes(type="log")
+                    x=w, y=y, mode="lines", legendgroup="theory", meta=layer,
+                    name="theory", showlegend=False, hovertext=f"theory for {name}: M^{slope:+g}",
+                    hoverinfo="text", line=dict(color=color, dash="dot", width=1)), 1, col)
+    if slopes:
+        one = set(slopes.values())
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", legendgroup="theory", line=dict(
+            color="gray", dash="dot", width=1), name=f"theory M^{one.pop():+g} (dotted)" if len(one) == 1
+            else "theory (dotted, one per layer)"), 1, 1)
+    fig.update_xaxes(**log_axis(long["width"], at_values=True), title_text="width M")
+    fig.update_yaxes(**log_axis(np.concatenate(ys)))
     fig.update_yaxes(title_text="rms feature change", col=1)
     fig.update_layout(title=title or "Coordinate check: feature change vs width (dotted: theory)",
-                      template="plotly_white")
+                      template="plotly_white", legend=_legend("layer (role)"))
     return fig
 
 
@@ -85,48 +163,86 @@ def _concat(a, b):
     return pd.concat([a, b], ignore_index=True)
 
 
+def _ordered(values, column):
+    known = {"optimizer": list(OPTIMIZER_NAMES), "param": list(PARAM_NAMES)}.get(column, [])
+    return sorted(values, key=lambda v: (known.index(v) if v in known else len(known), str(v)))
+
+
 def transfer_figure(df, x: str = "lr", metric: str = "train_loss", by: str = "width",
-                    facet: str | None = "param", title: str = "") -> go.Figure:
+                    facet: str | None = "param", title: str = "", log_y: bool | None = None) -> go.Figure:
     """``metric`` (mean over seeds) against ``x`` (log axis), one curve per value of ``by``,
-    one panel per value of ``facet``; a star marks each curve's best (lowest) point."""
+    one panel per value of ``facet`` and one row of panels per optimizer (named in each panel's
+    title); a star marks each curve's best (lowest) point. ``log_y`` (default: when ``metric``
+    is a loss) puts ``metric`` on a log axis, so a blow-up does not squash the optimum."""
     cols = [x, metric, by] + ([facet] if facet else [])
     _check_frame(df, cols)
-    facets = sorted(df[facet].dropna().unique()) if facet else [None]
-    fig = make_subplots(1, len(facets), subplot_titles=[f"{facet} = {v}" for v in facets] if facet else None,
-                        shared_yaxes=True)
-    groups = sorted(df[by].dropna().unique())
-    for col, fv in enumerate(facets, start=1):
-        sub = df if fv is None else df[df[facet] == fv]
-        for i, gv in enumerate(groups):
-            m = sub[sub[by] == gv].groupby(x)[metric].mean().dropna()
-            if m.empty:
-                continue
-            color = COLORS[i % len(COLORS)]
-            fig.add_trace(go.Scatter(x=m.index, y=m.values, mode="lines+markers", name=f"{by} {gv}",
-                                     legendgroup=str(gv), showlegend=col == 1, line=dict(color=color)), 1, col)
-            best = m.idxmin()
-            fig.add_trace(go.Scatter(x=[best], y=[m[best]], mode="markers", legendgroup=str(gv),
-                                     showlegend=False, hovertext=f"best {x} = {best:g}",
-                                     marker=dict(symbol="star", size=14, color=color,
-                                                 line=dict(color="black", width=1))), 1, col)
-    fig.update_xaxes(type="log", title_text=x)
-    fig.update_yaxes(title_text=metric, col=1)
-    fig.update_layout(title=title or f"{metric} vs {x} (star: best {x} per {by})", template="plotly_white")
+    df = df[df[x].notna()]
+    if df.empty:
+        raise ValueError(f"df: expected rows with a value of {x}, got none (all {x} missing)")
+    split = "optimizer" if "optimizer" in df.columns and "optimizer" not in (x, by, facet) else None
+    rows = _ordered(df[split].dropna().unique(), split) if split else [None]
+    facets = _ordered(df[facet].dropna().unique(), facet) if facet else [None]
+    titles = [", ".join(value_name(c, v) for c, v in ((split, r), (facet, fv)) if c)
+              for r in rows for fv in facets]
+    fig = make_subplots(len(rows), len(facets), subplot_titles=titles if any(titles) else None,
+                        shared_yaxes=True, vertical_spacing=0.3 / len(rows) if len(rows) > 1 else 0.2)
+    groups, shown, means = sorted(df[by].dropna().unique()), set(), []
+    for row, rv in enumerate(rows, start=1):
+        for col, fv in enumerate(facets, start=1):
+            sub = df if rv is None else df[df[split] == rv]
+            sub = sub if fv is None else sub[sub[facet] == fv]
+            for i, gv in enumerate(groups):
+                m = sub[sub[by] == gv].groupby(x)[metric].mean().dropna()
+                if m.empty:
+                    continue
+                means.append(m.values)
+                color = COLORS[i % len(COLORS)]
+                fig.add_trace(go.Scatter(x=m.index, y=m.values, mode="lines+markers", name=value_name(by, gv),
+                                         legendgroup=str(gv), showlegend=gv not in shown, line=dict(color=color)),
+                              row, col)
+                shown.add(gv)
+                best = m.idxmin()
+                fig.add_trace(go.Scatter(x=[best], y=[m[best]], mode="markers", legendgroup=str(gv),
+                                         showlegend=False, hovertext=f"best {label(x)} = {best:g}",
+                                         marker=dict(symbol="star", size=14, color=color,
+                                                     line=dict(color="black", width=1))), row, col)
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"best {label(x)} of each curve",
+                             marker=dict(symbol="star", size=12, color="white", line=dict(color="black", width=1))),
+                  1, 1)
+    fig.update_xaxes(**log_axis(df[x]))
+    fig.update_xaxes(title_text=label(x), row=len(rows))
+    if ("loss" in metric) if log_y is None else log_y:
+        fig.update_yaxes(**log_axis(np.concatenate(means) if means else []))
+    fig.update_yaxes(title_text=label(metric), col=1)
+    fig.update_layout(title=title or _titled(f"{label(metric).capitalize()} vs {label(x)}", df, x),
+                      template="plotly_white", legend=_legend(label(by)), height=max(450, 330 * len(rows)))
     return fig
 
 
 def lr_transfer_figure(df, metric: str = "train_loss", facet: str | None = "param", title: str = "") -> go.Figure:
-    """Final training loss vs learning rate, one curve per width, optimum starred. Under muP
-    the stars line up across widths; under SP they move (``df``: ``ml.load_results``)."""
-    return transfer_figure(df, "lr", metric, "width", facet, title or "Learning-rate transfer")
+    """Final training loss vs learning rate (log-log), one curve per width, optimum starred, a
+    row of panels per optimizer. Under muP the stars line up across widths; under SP they move
+    (``df``: ``ml.load_results``)."""
+    return transfer_figure(df, "lr", metric, "width", facet, title or _titled("Learning-rate transfer", df))
 
 
 def damping_transfer_figure(df, metric: str = "train_loss", facet: str | None = "damping_mode",
                             title: str = "") -> go.Figure:
-    """Final training loss vs damping, one curve per width, one panel per damping mode."""
-    if facet and facet not in df.columns:
+    """Final training loss vs damping (log-log), one curve per width, one panel per damping mode,
+    a row of panels per optimizer; rows without a damping (SGD, Adam) are left out."""
+    if facet and facet not in getattr(df, "columns", ()):
         facet = None
-    return transfer_figure(df, "damping", metric, "width", facet, title or "Damping transfer")
+    title = title or _titled("Damping transfer", df, "damping")
+    return transfer_figure(df, "damping", metric, "width", facet, title)
+
+
+def _titled(title, df, x=None):
+    """``title`` followed by the optimizers of ``df`` (those with a value of ``x``)."""
+    if "optimizer" not in getattr(df, "columns", ()):
+        return title
+    rows = df if x is None or x not in df.columns else df[df[x].notna()]
+    names = [value_name("optimizer", o) for o in _ordered(rows["optimizer"].dropna().unique(), "optimizer")]
+    return f"{title}: {', '.join(names)}" if names else title
 
 
 def accuracy_vs_width_figure(df, metric: str = "test_accuracy", by: str = "param",
@@ -137,12 +253,12 @@ def accuracy_vs_width_figure(df, metric: str = "test_accuracy", by: str = "param
     if spread not in ("std", "minmax"):
         raise ValueError(f"spread: expected 'std' or 'minmax', got {spread!r}")
     _check_frame(df, ["width", metric, by] + ([facet] if facet else []))
-    facets = sorted(df[facet].dropna().unique()) if facet else [None]
-    fig = make_subplots(1, len(facets), subplot_titles=[str(v) for v in facets] if facet else None,
+    facets = _ordered(df[facet].dropna().unique(), facet) if facet else [None]
+    fig = make_subplots(1, len(facets), subplot_titles=[value_name(facet, v) for v in facets] if facet else None,
                         shared_yaxes=True)
     for col, fv in enumerate(facets, start=1):
         sub = df if fv is None else df[df[facet] == fv]
-        for i, gv in enumerate(sorted(df[by].dropna().unique())):
+        for i, gv in enumerate(_ordered(df[by].dropna().unique(), by)):
             g = sub[sub[by] == gv].groupby("width")[metric]
             m = g.mean().dropna()
             if m.empty:
@@ -153,21 +269,30 @@ def accuracy_vs_width_figure(df, metric: str = "test_accuracy", by: str = "param
             else:
                 err = dict(type="data", symmetric=False, array=(g.max() - g.mean()).reindex(m.index).values,
                            arrayminus=(g.mean() - g.min()).reindex(m.index).values)
-            fig.add_trace(go.Scatter(x=m.index, y=m.values, mode="lines+markers", name=str(gv),
+            fig.add_trace(go.Scatter(x=m.index, y=m.values, mode="lines+markers", name=value_name(by, gv),
                                      legendgroup=str(gv), showlegend=col == 1, error_y=err,
                                      line=dict(color=COLORS[i % len(COLORS)], dash=DASHES[i % len(DASHES)])),
                           1, col)
-    fig.update_xaxes(type="log", title_text="width M")
-    fig.update_yaxes(title_text=metric, col=1)
-    fig.update_layout(title=title or f"{metric} vs width (mean ± {spread} over seeds)", template="plotly_white")
+    fig.update_xaxes(**log_axis(df["width"], at_values=True), title_text="width M")
+    fig.update_yaxes(title_text=label(metric), col=1)
+    default = f"{label(metric).capitalize()} vs width (mean ± {spread} over seeds)"
+    fig.update_layout(title=title or (default if facet == "optimizer" else _titled(default, df)),
+                      template="plotly_white", legend=_legend(label(by)))
     return fig
 
 
-def save_html(fig: go.Figure, path, plotlyjs=True) -> str:
-    """Write ``fig`` to a standalone HTML file that opens offline: plotly.js inlined
-    (``plotlyjs=True``, ~4.8 MB a file) or ``"directory"`` (one shared plotly.min.js beside it)."""
+def save_html(fig: go.Figure, path, include_plotlyjs="inline", *, plotlyjs=None) -> str:
+    """Write ``fig`` to an HTML file and return its path. ``include_plotlyjs``: "inline" (the
+    default: plotly.js inside the file, ~4.8 MB, opens offline), "directory" (one shared
+    plotly.min.js written beside it; opens offline while the two stay together) or "cdn"
+    (a small file that loads plotly.js from the internet when opened). ``plotlyjs`` is the
+    former name of the argument (True for "inline")."""
     from pathlib import Path
+    how = include_plotlyjs if plotlyjs is None else plotlyjs
+    how = "inline" if how is True else how
+    if how not in PLOTLYJS:
+        raise ValueError(f"include_plotlyjs: expected one of {', '.join(PLOTLYJS)}, got {how!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=plotlyjs, full_html=True)
+    fig.write_html(str(path), include_plotlyjs=True if how == "inline" else how, full_html=True)
     return str(path)

@@ -303,4 +303,4 @@ def _dry_build(configs):
 def _progress(total, skipped, enabled):
     from tqdm.auto import tqdm
     desc = f"sweep ({skipped} done before)" if skipped else "sweep"
-    return tqdm(total=total, desc=desc, unit="run", disable=not enabled, smoothing=0.1)
+    return tqdm(total=total, desc=desc, unit="run", disable=not enabled or not total, smoothing=0.1)

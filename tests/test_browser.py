@@ -2,7 +2,9 @@
 
 Starts JupyterLab on 127.0.0.1 (random free port, random token) in a temporary folder with a
 copy of notebooks/00_playground.ipynb, runs all cells, moves the width slider, presses Run and
-reads plotly's own figure data from the page. A screenshot goes to artifacts/.
+reads plotly's own figure data from the page; then sets a blow-up (SGD, SP, learning rate 10)
+through the widgets and reads the divergence and its hint in the status line. A screenshot
+goes to pytest's temporary folder (never into the repository).
 """
 import os
 import re
@@ -85,13 +87,59 @@ def dismiss_dialogs(page) -> bool:
     """Accept a "Select Kernel" dialog and refuse the news toast, if either is showing."""
     dialogs = page.locator(".jp-Dialog .jp-mod-accept").all()
     for dialog in dialogs:
-        dialog.click()
+        click_if_still_there(dialog)
     for no in page.locator(".jp-toast-button", has_text="No").all():
-        no.click()
+        click_if_still_there(no)
     return bool(dialogs)
 
 
-def test_playground_in_a_real_browser(lab):
+def click_if_still_there(button) -> None:
+    """Click ``button`` unless it goes away first (a toast closes itself; JupyterLab re-renders)."""
+    from playwright.sync_api import Error
+    try:
+        button.click(timeout=3_000)
+    except Error:
+        pass
+
+
+STATUS = """(words) => [...document.querySelectorAll('.widget-html')].some(
+    e => e.innerText.includes('device:') && words.every(w => e.innerText.includes(w)))"""
+
+STATUS_LINE = """() => {
+    const e = [...document.querySelectorAll('.widget-html span')].find(s => s.innerText.includes('device:'));
+    return e ? {text: e.innerText, color: getComputedStyle(e).color} : null;
+}"""
+
+MARKS = """(title) => {
+    const p = [...document.querySelectorAll('.js-plotly-plot')]
+        .find(p => p.layout && p.layout.title && String(p.layout.title.text || '').startsWith(title));
+    return p ? (p.layout.annotations || []).map(a => a.text) : null;
+}"""
+
+
+def readout_is(label: str, value: str) -> str:
+    """A page function: the slider described by ``label`` reads ``value``."""
+    return (f"() => [...document.querySelectorAll('.widget-slider')].some(s => s.innerText.includes('{label}') "
+            f"&& s.querySelector('.widget-readout').innerText.trim() === '{value}')")
+
+
+def blow_up_through_the_widgets(page) -> None:
+    """SGD, SP, learning rate 10 (the slider's maximum) with the widgets, then Run."""
+    page.locator(".widget-dropdown", has_text="optimizer").locator("select").select_option(label="SGD")
+    page.wait_for_function(readout_is("learning rate", "0.5"), timeout=10_000)  # SGD's default lr
+    page.locator(".widget-toggle-buttons", has_text="parametrization").locator(
+        "button", has_text=re.compile(r"^\s*SP\s*$")).click()
+    page.wait_for_function("() => [...document.querySelectorAll('.widget-toggle-buttons button.mod-active')]"
+                           ".some(b => b.innerText.trim() === 'SP')", timeout=10_000)
+    lr = page.locator(".widget-slider", has_text="learning rate")
+    lr.locator(".noUi-handle").focus()
+    for _ in range(15):  # 0.5 -> 10 in steps of 10^0.1 (the last presses stop at the maximum)
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function(readout_is("learning rate", "10"), timeout=10_000)
+    page.locator("button.widget-button").filter(has_text=re.compile(r"^\W*Run$")).click()
+
+
+def test_playground_in_a_real_browser(lab, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     base, token = lab
     with playwright.sync_playwright() as p:
@@ -152,8 +200,18 @@ def test_playground_in_a_real_browser(lab):
             features = page.evaluate(FIGURE, ["feature change", 0])
             assert [t["name"] for t in features] == ["layers.0 (input)", "layers.1 (hidden)", "layers.2 (output)"]
             assert all(t["n"] == 100 for t in features)
+
+            # break it on purpose: the status line names the step and what to change, in red
+            blow_up_through_the_widgets(page)
+            page.wait_for_function(STATUS, arg=["diverged at step", "the loss rose", "lower the learning rate"],
+                                   timeout=60_000)
+            status = page.evaluate(STATUS_LINE)
+            assert status["color"] == "rgb(204, 0, 0)", status
+            blow_up = r"diverged at step \d+: the loss rose .* · lower the learning rate · "
+            assert re.search(blow_up, status["text"]), status
+            assert "damping" not in status["text"], status  # SGD's hint, not K-FAC's
+            marks = page.evaluate(MARKS, "training loss")
+            assert marks and re.fullmatch(r"diverged at step \d+", marks[0]), marks
         finally:
-            artifacts = ROOT / "artifacts"
-            artifacts.mkdir(exist_ok=True)
-            page.screenshot(path=str(artifacts / "browser_playground.png"), full_page=False)
+            page.screenshot(path=str(tmp_path / "browser_playground.png"), full_page=False)
             browser.close()

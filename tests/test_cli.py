@@ -18,14 +18,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_coord_check_writes_csv_and_html(tmp_path, capsys):
     out = tmp_path / "coord"
-    assert main(["coord-check", "--optimizer", "kfac", "--widths", "16,32", "--steps", "1,2", "--seeds", "0",
+    assert main(["coord-check", "--optimizer", "kfac", "--widths", "16,32", "--steps", "1,2", "--seeds", "0,1",
                  "--base-width", "16", "--damping-mode", "trace", "--out", str(out)]) == 0
     frame, ex = pd.read_csv(out / "coord.csv"), pd.read_csv(out / "exponents.csv")
     assert set(frame["width"]) == {16, 32} and set(frame["step"]) == {1, 2}
     assert list(ex.columns) == ["step", "layer", "role", "slope"]
-    assert "Plotly.newPlot" in (out / "coord.html").read_text()
-    printed = capsys.readouterr().out
-    assert "layers.0" in printed and f"wrote {out / 'coord.csv'}" in printed
+    html = (out / "coord.html").read_text()
+    assert "Plotly.newPlot" in html and "Coordinate check: K-FAC" in html and "layers.2 (output)" in html
+    assert (out / "coord.html").stat().st_size > 3_000_000 and not (out / "plotly.min.js").exists()  # inline
+    captured = capsys.readouterr()
+    assert "layers.0" in captured.out and f"wrote {out / 'coord.csv'}" in captured.out
+    assert "coord-check" in captured.err and "4/4" in captured.err  # the progress bar: 2 widths x 2 seeds
+
+
+def test_coord_check_no_progress_and_shared_plotly_js(tmp_path, capsys):
+    out = tmp_path / "coord"
+    assert main(["coord-check", "--optimizer", "sgd", "--widths", "16,32", "--steps", "1", "--seeds", "0",
+                 "--base-width", "16", "--no-progress", "--plotlyjs", "directory", "--out", str(out)]) == 0
+    assert capsys.readouterr().err == ""
+    html = (out / "coord.html").read_text()
+    assert 'src="plotly.min.js"' in html and len(html) < 200_000
+    assert (out / "plotly.min.js").stat().st_size > 3_000_000
 
 
 def test_sweep_then_report(tmp_path, capsys):
@@ -43,6 +56,37 @@ def test_sweep_then_report(tmp_path, capsys):
     assert len(summary) == 8 and set(summary["ok"]) == {1}
     assert (report / "lr_transfer.html").exists() and (report / "accuracy_vs_width.html").exists()
     assert not (report / "damping_transfer.html").exists()  # one damping value: nothing to show
+    lr = (report / "lr_transfer.html").read_text()
+    assert "Learning-rate transfer: K-FAC" in lr and "training loss (whole training set)" in lr
+    assert '<script src="http' not in lr and len(lr) > 3_000_000  # offline by default: plotly.js inlined
+
+
+@pytest.mark.parametrize("choice", ["directory", "cdn"])
+def test_report_plotlyjs_directory_and_cdn_write_small_files(tmp_path, choice, capsys):
+    results, report = tmp_path / "s.jsonl", tmp_path / "report"
+    assert main(["sweep", "--widths", "16,32", "--lrs", "0.03,0.3", "--optimizers", "sgd", "--datasets", "teacher",
+                 "--steps", "2", "--executor", "serial", "--no-progress", "--results", str(results)]) == 0
+    assert main(["report", str(results), "--out", str(report), "--plotlyjs", choice]) == 0
+    pages = sorted(report.glob("*.html"))
+    assert [p.name for p in pages] == ["accuracy_vs_width.html", "lr_transfer.html"]
+    for page in pages:
+        html = page.read_text()
+        assert len(html) < 200_000
+        assert ('src="plotly.min.js"' in html) == (choice == "directory")
+        assert ('src="https://cdn.plot.ly/' in html) == (choice == "cdn")
+    assert (report / "plotly.min.js").exists() == (choice == "directory")
+
+
+def test_a_resumed_sweep_prints_no_empty_progress_bar(tmp_path, capsys):
+    results = tmp_path / "s.jsonl"
+    args = ["sweep", "--widths", "16", "--lrs", "0.1", "--optimizers", "sgd", "--datasets", "teacher", "--steps", "2",
+            "--executor", "serial", "--results", str(results)]
+    assert main(args) == 0
+    first = capsys.readouterr()
+    assert "1/1" in first.err  # the bar, while there is something to run
+    assert main(args) == 0
+    again = capsys.readouterr()
+    assert again.err == "" and again.out == f"1 run in {results}: 1 ok\n"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -56,6 +100,8 @@ def test_sweep_then_report(tmp_path, capsys):
     (["coord-check", "--widths", "16"], "widths: expected at least two"),
     (["coord-check", "--damping", "nan"], "argument --damping: expected a finite number >= 0"),
     (["report", "/no/such/file.jsonl"], "results: no file /no/such/file.jsonl"),
+    (["report", "r.jsonl", "--plotlyjs", "web"], "argument --plotlyjs: invalid choice: 'web' (choose from "),
+    (["coord-check", "--plotlyjs", "none"], "argument --plotlyjs: invalid choice: 'none'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_bad_flags_and_values_exit_2_with_one_line(argv, message, capsys):

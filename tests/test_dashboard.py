@@ -150,9 +150,90 @@ def test_width_view_fits_slopes_mup_flat_sp_not():
     assert len(mup.width_points) == 3 * 2 * 3  # widths x seeds x layers
     assert [len(t.x) for t in mup.width_figure.data] == [3, 2] * 3  # measured + dashed prediction
     assert all(abs(s) < 0.3 for s in mup.slopes().values()), mup.slopes()
-    assert "width view done: slopes" in mup.status
+    assert "width view done (widths 64, 256, 1024): slopes input " in mup.status
+    assert mup.status.endswith("(μP predicts 0) · verdict: feature learning is width-stable")
     sp = Dashboard(param="sp", **kw).width_view(wait=True)
     assert sp.slopes()["layers.2"] > 0.4, sp.slopes()  # SP at a fixed lr: the output blows up
+    assert "layer layers.2 grows like M^" in sp.verdict() and sp.status.endswith("verdict: " + sp.verdict())
+
+
+@pytest.mark.parametrize("width,expected", [
+    (32, [32, 64, 128, 256, 512]), (64, [32, 64, 128, 256, 512]), (256, [32, 64, 128, 256, 512]),
+    (512, [32, 64, 128, 256, 512]), (1024, [64, 128, 256, 512, 1024]), (4096, [256, 512, 1024, 2048, 4096]),
+    (100, [50, 100, 200, 400, 800]),
+])
+def test_width_view_widths_follow_the_width_control(width, expected):
+    dash = Dashboard(width=width)
+    assert dash.width_view_widths() == expected
+    assert list(dash.width_figure.layout.xaxis.tickvals) == expected  # the empty plot shows them too
+    dash.close()
+
+
+def test_moving_the_width_slider_moves_the_width_view_and_coord_widths_override_it():
+    dash = Dashboard(width=256, optimizer="sgd", coord_steps=1)
+    dash.controls["width"].value = 2048
+    assert dash.width_view_widths() == [128, 256, 512, 1024, 2048]
+    dash.controls["width"].value = 64
+    dash.width_view(wait=True)
+    assert sorted({p["width"] for p in dash.width_points}) == [32, 64, 128, 256, 512]
+    assert list(dash.width_figure.layout.xaxis.tickvals) == [32, 64, 128, 256, 512]
+    assert "width view done (widths 32, 64, 128, 256, 512)" in dash.status
+    fixed = Dashboard(width=2048, coord_widths=[256, 64, 128])
+    assert fixed.width_view_widths() == [64, 128, 256]
+    fixed.controls["width"].value = 32
+    assert fixed.width_view_widths() == [64, 128, 256]
+
+
+@pytest.mark.parametrize("param", ["sp", "mup"])
+def test_width_view_verdict_is_coord_checks(param):
+    import mupso_lite as ml
+    dash = Dashboard(width=128, optimizer="sgd", param=param, coord_steps=2, device="cpu").width_view(wait=True)
+    data = dash._dataset("digits")
+    cc = ml.coord_check(lambda w, seed: ml.MLP(data.d_in, data.d_out, w, 3, base_width=64, param=param, seed=seed),
+                        "sgd", param=param, widths=[32, 64, 128, 256, 512], steps=2, seeds=(0,), data=data,
+                        lr=0.5, batch_size=64, device="cpu")
+    assert dash.verdict() == cc.verdict() and dash.status.endswith(f"verdict: {cc.verdict()}")
+    assert dash.coord_result.slopes() == pytest.approx(cc.slopes())
+    if param == "mup":
+        assert cc.verdict() == "feature learning is width-stable"
+    else:  # SP, fixed lr: the input layer freezes and the output grows with the width
+        assert "layer layers.0 freezes like M^-" in cc.verdict() and "layer f grows like M^" in cc.verdict()
+
+
+def test_figures_are_readable_before_and_after_a_run():
+    dash = Dashboard(width=128, steps=20)
+    figures = [dash.loss_figure, dash.feature_figure, dash.width_figure]
+    for fig in figures:  # the legend sits below the axes, never over them
+        assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0
+        assert fig.layout.legend.yanchor == "top"
+    log_axes = [dash.loss_figure.layout.yaxis, dash.feature_figure.layout.yaxis, dash.width_figure.layout.yaxis]
+    for axis in log_axes:  # decades only, as powers of ten
+        assert axis.type == "log" and axis.dtick == 1 and axis.exponentformat == "power"
+    titles = [(f.layout.xaxis.title.text, f.layout.yaxis.title.text) for f in figures]
+    assert titles == [("step", "training loss"), ("step", "feature change ‖Δh‖ (rms)"),
+                      ("width M", "feature change ‖Δh‖ (rms)")]
+    assert dash.loss_figure.layout.yaxis2.title.text == "test accuracy"
+    # empty figures start on the ranges a run fills, not plotly's 0.1 .. 1e6
+    width_x, width_y = dash.width_figure.layout.xaxis, dash.width_figure.layout.yaxis
+    assert width_x.type == "log" and list(width_x.range) == pytest.approx([1.41, 2.80], abs=0.01)  # 32/1.25..512*1.25
+    assert list(width_y.range) == [-3, 0.5] and list(dash.feature_figure.layout.xaxis.range) == [0, 20]
+    dash.run(wait=True)
+    assert list(dash.loss_figure.layout.xaxis.range) == [0, 20] and dash.loss_figure.layout.yaxis.autorange
+    dash.controls["dataset"].value = "teacher_regression"
+    dash.run(wait=True)  # no accuracy: the test loss shares the loss axis, the accuracy axis hides
+    assert dash.loss_figure.layout.yaxis.title.text == "loss (training, test)"
+    assert dash.loss_figure.layout.yaxis2.visible is False
+    dash.close()
+
+
+def test_the_tours_blow_up_setting_diverges():
+    # the playground's tour, step 5: SGD, SP, width 4096, learning rate 10
+    dash = Dashboard(optimizer="sgd", param="sp", width=4096, lr=10.0).run(wait=True)
+    last = dash.records[-1]
+    assert last["diverged"] and last["step"] < 20
+    assert f"diverged at step {last['step']}: the loss rose" in dash.status
+    assert "lower the learning rate" in dash.status and "color:#c00" in dash.status_widget.value
+    dash.close()
 
 
 def test_figure_updates_are_throttled():
