@@ -80,6 +80,19 @@ def test_verdict_names_growing_and_freezing_layers():
         "feature learning is width-stable"
 
 
+def test_one_threshold_for_width_stable():
+    """|slope| < STABLE = 0.15 is width-stable; root ½'s -0.24 at batch 64 is not."""
+    from mupso_lite.coord import STABLE
+    assert STABLE == 0.15
+
+    def verdict(slope):
+        rows = [dict(width=w, seed=0, step=1, layer="h", role="hidden", feature_change=w ** slope,
+                     output_change=1.0) for w in (64, 256, 1024)]
+        return ml.CoordCheck(pd.DataFrame(rows), exponents_of(pd.DataFrame(rows))).verdict()
+    assert verdict(0.14) == verdict(-0.14) == "feature learning is width-stable"
+    assert verdict(-0.24) == "layer h freezes like M^-0.24" and verdict(0.16) == "layer h grows like M^0.16"
+
+
 def test_fit_slope():
     assert ml.fit_slope([1, 2, 4], [3, 6, 12]) == pytest.approx(1.0)
     assert ml.fit_slope([1, 2], [1.0, 0.0]) != ml.fit_slope([1, 2], [1.0, 0.0])  # NaN for a zero value
