@@ -1,6 +1,6 @@
 """Optimizer speed and memory: one command, prints tables (never a timed unit test).
 
-    .venv/bin/python benchmarks/bench_optim.py                 # the full suite (~10 min on 2 cores)
+    .venv/bin/python benchmarks/bench_optim.py                 # the full suite (over an hour on a 2-core AMD VM)
     .venv/bin/python benchmarks/bench_optim.py --quick         # width 1024 only, fewer repeats
     .venv/bin/python benchmarks/bench_optim.py --only steps --widths 256 1024
 

@@ -251,3 +251,14 @@ def test_gram_update_equals_the_dense_ema(rows, dim):
     got = gram_update_(f.clone(), x, 0.9, 0.3)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(gram_update_(torch.empty(dim, dim), x, 0.0, 1.0), x.T @ x)   # beta 0 ignores junk
+
+
+def test_make_optimizer_fast_settings_take_the_current_batch_paths():
+    """The documented fast settings (README): no width x width state is kept."""
+    data = batches(n=2, rows=8, seed=9)
+    for name, opts, keys in (("kfac", dict(ema_decay=0.0, inverse_interval=1), {"step", "rho_a", "rho_b"}),
+                             ("shampoo", dict(beta=0.0, update_interval=1), {"step"})):
+        model = ml.MLP(6, 3, 32, depth=3, seed=0).double()
+        opt = ml.make_optimizer(model, name, lr=0.05, **opts)
+        train(opt, model, data)
+        assert set(opt.state[model.layers[1].weight]) == keys, name
