@@ -123,10 +123,22 @@ def readout_is(label: str, value: str) -> str:
             f"&& s.querySelector('.widget-readout').innerText.trim() === '{value}')")
 
 
+SLIDERS = "() => [...document.querySelectorAll('.widget-slider')].map(s => s.innerText)"
+
+
+def wait_for_readout(page, label: str, value: str) -> None:
+    """Wait until the slider ``label`` reads ``value``; on a timeout, say what the sliders read."""
+    from playwright.sync_api import TimeoutError
+    try:
+        page.wait_for_function(readout_is(label, value), timeout=10_000)
+    except TimeoutError:
+        raise AssertionError(f"slider {label!r} never read {value!r}; sliders: {page.evaluate(SLIDERS)}")
+
+
 def blow_up_through_the_widgets(page) -> None:
     """SGD, SP, learning rate 10 (the slider's maximum) with the widgets, then Run."""
     page.locator(".widget-dropdown", has_text="optimizer").locator("select").select_option(label="SGD")
-    page.wait_for_function(readout_is("learning rate", "0.5"), timeout=10_000)  # SGD's default lr
+    wait_for_readout(page, "learning rate", "0.5")  # SGD's default lr
     page.locator(".widget-toggle-buttons", has_text="parametrization").locator(
         "button", has_text=re.compile(r"^\s*SP\s*$")).click()
     page.wait_for_function("() => [...document.querySelectorAll('.widget-toggle-buttons button.mod-active')]"
@@ -135,7 +147,7 @@ def blow_up_through_the_widgets(page) -> None:
     lr.locator(".noUi-handle").focus()
     for _ in range(15):  # 0.5 -> 10 in steps of 10^0.1 (the last presses stop at the maximum)
         page.keyboard.press("ArrowRight")
-    page.wait_for_function(readout_is("learning rate", "10"), timeout=10_000)
+    wait_for_readout(page, "learning rate", "10")
     page.locator("button.widget-button").filter(has_text=re.compile(r"^\W*Run$")).click()
 
 
