@@ -107,6 +107,7 @@ class LayerScale:
     damping_a: float | None
     damping_b: float | None
     eps: float | None = None
+    damping_bias: float | None = None
 
 
 def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: float = 0.0,
@@ -121,7 +122,9 @@ def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: fl
     Biases: for SGD and Adam, a bias of the input or hidden layer is a "vector-like"
     parameter (one infinite dimension, like input weights), so it follows the input layer's
     lr exponent; the output bias (finite size) keeps the base lr. Second-order optimizers
-    precondition the bias together with its weight, so it shares the layer's lr.
+    share the layer's lr with the bias: K-FAC and FOOF precondition it as A's homogeneous
+    coordinate (damped by ``damping_bias`` below); Shampoo gives it a diagonal preconditioner
+    of its own, whose width scaling this table does not derive (its biases still freeze).
     """
     layers = layer_roles(model)
     width, base_width = model_widths(model, width, base_width)
@@ -143,7 +146,10 @@ def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: fl
         da = damping * r.factor("damping_a", role, width, base_width) if r.damping_a else None
         db = damping * r.factor("damping_b", role, width, base_width) if r.damping_b else None
         eps = damping * r.factor("eps", role, width, base_width) if r.eps else None
-        out.append(LayerScale(name, role, fan_in, std, layer_lr, bias_lr, da, db, eps))
+        dbias = None
+        if da is not None and param == "mup":
+            dbias = da if role == "input" else da / ratio
+        out.append(LayerScale(name, role, fan_in, std, layer_lr, bias_lr, da, db, eps, dbias))
     return out
 
 

@@ -86,6 +86,8 @@ def make_optimizer(model: nn.Module, name: str, lr: float, damping: float | None
             g = {"params": [p for p in (m.weight, m.bias) if p is not None], "lr": s.lr, "layer": s.name}
             if mode == "table":
                 g["damping_a"], g["damping_b"] = damp[s.name].damping_a, damp[s.name].damping_b
+                if m.bias is not None:   # muP: the bias coordinate is damped at its own scale
+                    g["damping_bias"] = damp[s.name].damping_bias
             groups.append(g)
         if rest:
             groups.append({"params": rest, "lr": lr, "layer": None})

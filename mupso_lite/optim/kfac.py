@@ -38,6 +38,9 @@ Damping (``damping_mode``):
            the input and output layers under muP (Ishikawa & Karakida 2024).
   "trace"  rho_A = rho tr(A), rho_B = rho tr(B): each damping follows its factor's own scale,
            which meets the muP table in every layer, so one rho transfers across widths.
+A group's ``damping_bias`` (set by ``make_optimizer`` under muP) replaces rho_A on the
+homogeneous (bias) coordinate of A: (A + diag(rho_A, ..., rho_A, rho_bias))^-1 (see
+``scaling.layer_scales`` for why biases need it to move at every width).
 
 ``fisher="empirical"`` uses the training labels' gradients; ``fisher="mc"`` samples labels
 from the model (call ``opt.sample_fisher(outputs)`` between the forward and backward pass;
@@ -138,7 +141,7 @@ class KFAC(torch.optim.Optimizer):
         self.modules_by_name = weight_layers(model)
         if params is None:
             params = default_groups(model, self.modules_by_name)
-        defaults = dict(lr=lr, damping=damping, damping_a=damping_a, damping_b=damping_b,
+        defaults = dict(lr=lr, damping=damping, damping_a=damping_a, damping_b=damping_b, damping_bias=None,
                         momentum=momentum, weight_decay=weight_decay, layer=None)
         super().__init__(params, defaults)
         for g in self.param_groups:
@@ -146,6 +149,8 @@ class KFAC(torch.optim.Optimizer):
                 raise ValueError(f"params: group names layer {g['layer']!r}, which is not a preconditioned "
                                  f"layer of the model (layers: {list(self.modules_by_name)})")
             check_positive("lr", g["lr"])
+            if g["damping_bias"] is not None:
+                check_positive("damping_bias", g["damping_bias"])
         self.capture = LayerCapture(model, self.modules_by_name)
         weakref.finalize(self, self.capture.remove)  # deleting the optimizer detaches its hooks
         self._fisher_gout: dict = {}
@@ -275,7 +280,7 @@ class KFAC(torch.optim.Optimizer):
             traces = (tr_a, x.shape[1], tr_b, gout.shape[1])
         rho_a, rho_b = self.damping_for(group, st, traces)
         st["rho_a"], st["rho_b"] = rho_a, rho_b
-        return pushthrough_precondition(gout, x, n, None if self.foof else rho_b, rho_a)
+        return pushthrough_precondition(gout, x, n, None if self.foof else rho_b, self._a_damping(group, name, rho_a, x))
 
     def _update_factors(self, name, st):
         """F <- d F + (1 - d) F_batch, fused into the GEMM (``linalg.gram_update_``)."""
@@ -314,10 +319,20 @@ class KFAC(torch.optim.Optimizer):
         pi = math.sqrt((tr_a / dim_a) / (tr_b / dim_b))
         return math.sqrt(rho) * pi, math.sqrt(rho) / pi
 
+    def _a_damping(self, group, name, rho_a, like):
+        """rho_A as a number, or as a diagonal (rho_A, ..., rho_A, rho_bias) when the group damps
+        the bias coordinate on its own (``damping_bias``)."""
+        rho_bias = group.get("damping_bias")
+        if rho_bias is None or self.modules_by_name[name].bias is None or rho_bias == rho_a:
+            return rho_a
+        diag = torch.full((like.shape[-1],), rho_a, dtype=like.dtype, device=like.device)
+        diag[-1] = rho_bias
+        return diag
+
     def _update_inverses(self, group, st):
         rho_a, rho_b = self.damping_for(group, st)
         st["rho_a"], st["rho_b"] = rho_a, rho_b
-        st["A_inv"] = damped_inverse(st["A"], rho_a)
+        st["A_inv"] = damped_inverse(st["A"], self._a_damping(group, group["layer"], rho_a, st["A"]))
         st["B_inv"] = None if self.foof else damped_inverse(st["B"], rho_b)
 
     @staticmethod

@@ -20,8 +20,9 @@ from __future__ import annotations
 import torch
 
 
-def damped_inverse(factor: torch.Tensor, rho: float) -> torch.Tensor:
-    """(F + rho I)^-1 for a symmetric PSD F, by Cholesky (float64 retry, eigh last resort).
+def damped_inverse(factor: torch.Tensor, rho) -> torch.Tensor:
+    """(F + rho I)^-1 for a symmetric PSD F, by Cholesky (float64 retry, eigh last resort);
+    ``rho`` a number, or a vector for a diagonal damping (F + diag(rho))^-1.
 
     F + rho I = C C^T, then C^-T C^-1 by ``cholesky_inverse`` (LAPACK potri). On a CPU running
     more than one thread we use ``cholesky_solve(I, C)`` instead: potri is about 1.5x faster
@@ -30,6 +31,8 @@ def damped_inverse(factor: torch.Tensor, rho: float) -> torch.Tensor:
     status), only when the inverse is refreshed.
     """
     eye = torch.eye(factor.shape[0], dtype=factor.dtype, device=factor.device)
+    if torch.is_tensor(rho):   # a diagonal damping: fold it into the factor, then add nothing
+        factor, rho = factor + torch.diag(rho.to(factor.dtype)), 0.0
     for dtype in _dtypes(factor):
         e = eye.to(dtype)
         chol, info = torch.linalg.cholesky_ex(torch.add(factor.to(dtype), e, alpha=rho))
@@ -138,9 +141,14 @@ def pushthrough_precondition(gout: torch.Tensor, x: torch.Tensor, n: int, rho_b:
 
     Each side is solved in R x R (Gram) form when R is smaller than that side's dimension,
     else in the usual dim x dim form; Cholesky solves throughout, no explicit inverse.
-    ``rho_b=None``: FOOF (B = I), the left side is gout itself. Needs rho > 0.
+    ``rho_b=None``: FOOF (B = I), the left side is gout itself. Needs rho > 0. ``rho_a`` may be
+    a vector d (a diagonal damping): with x' = x d^-1/2, x (A + diag d)^-1 = x' (x'^T x'/R + I)^-1 d^-1/2.
     """
-    right = _side_solve(x, rho_a, 1.0 / x.shape[0])
+    if torch.is_tensor(rho_a):
+        scale = rho_a.to(x.dtype).rsqrt()
+        right = _side_solve(x * scale, 1.0, 1.0 / x.shape[0]) * scale
+    else:
+        right = _side_solve(x, rho_a, 1.0 / x.shape[0])
     left = gout if rho_b is None else _side_solve(gout, rho_b, float(n))
     return left.T @ right
 
