@@ -7,7 +7,7 @@
 
 **Class size** runs each notebook with its own defaults (its ``parameters`` cell): this is what
 is committed, so ``--size class`` without ``--out`` rewrites the notebooks in ``notebooks/``.
-All six take about 19 minutes on 2 shared CPU cores (``docs/notebooks.md`` lists each one).
+All six take about 6 minutes on 2 shared CPU cores (``docs/notebooks.md`` lists each one).
 
 **CI size** runs each notebook with the small parameters in ``CI`` below (papermill writes
 them into an ``injected-parameters`` cell after the ``parameters`` cell), a few minutes for
@@ -34,15 +34,14 @@ CI_OUT = HERE.parent / "artifacts" / "notebooks-ci"   # git-ignored
 # notebook's Checks cell still holds at these sizes.
 CI = {
     "00_playground": dict(width=128, steps=30, coord_widths=[64, 128, 256]),
-    "01_why_width_matters": dict(widths=[64, 128, 256, 512], seeds=[0], coord_steps=2,
-                                 train_widths=[64, 512], train_steps=40),
-    "02_kfac_mup": dict(widths=[64, 128, 256, 512], seeds=[0], coord_steps=1,
+    "01_why_width_matters": dict(widths=[64, 128, 256, 512], seeds=[0], coord_steps=2, train_widths=[64, 1024]),
+    "02_kfac_mup": dict(widths=[64, 128, 256, 512], seeds=[0], coord_steps=2,
                         train_width=256, train_steps=20),
-    "03_shampoo_mup": dict(widths=[64, 128, 256, 512], seeds=[0], coord_steps=1),
-    "04_hyperparameter_transfer": dict(widths=[64, 1024], lrs=[0.03, 0.1, 0.3, 1.0], seeds=[0],
-                                       steps=30, optimizers=["kfac"], executor="serial"),
-    "05_damping": dict(widths=[64, 128, 256, 512], seeds=[0], coord_steps=1,
-                       sweep_widths=[64, 512], dampings=[1e-3, 1e-2, 1e-1, 1.0], steps=30, executor="serial"),
+    "03_shampoo_mup": dict(widths=[64, 128, 256, 512], seeds=[0]),
+    "04_hyperparameter_transfer": dict(widths={"sgd": [64, 4096], "kfac": [64, 1024]},
+                                       lrs={"sgd": [0.1, 1.0], "kfac": [0.316]}, seeds=[0], executor="serial"),
+    "05_damping": dict(widths=[64, 128, 256, 512], seeds=[0], sweep_widths=[64, 1024], dampings=[1e-2, 1e-1],
+                       executor="serial"),
 }
 NOTEBOOKS = sorted(CI)
 
