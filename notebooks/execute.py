@@ -10,7 +10,7 @@ is committed, so ``--size class`` without ``--out`` rewrites the notebooks in ``
 All six take about 6 minutes on 2 shared CPU cores (``docs/notebooks.md`` lists each one).
 
 **CI size** runs each notebook with the small parameters in ``CI`` below (papermill writes
-them into an ``injected-parameters`` cell after the ``parameters`` cell), a few minutes for
+them into an ``injected-parameters`` cell after the ``parameters`` cell), about 2 minutes for
 all six. It checks that a notebook runs and that its claims hold: every notebook ends with a
 "Checks" cell of plain ``assert`` statements, written to hold at both sizes.
 ``tests/test_notebooks.py`` imports ``CI`` from here, so the CI sizes live in this one place.

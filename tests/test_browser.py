@@ -134,7 +134,8 @@ MARKS = """(title) => {
 def readout_is(label: str, value: str) -> str:
     """A page function: the slider described by ``label`` reads ``value``."""
     return (f"() => [...document.querySelectorAll('.widget-slider')].some(s => s.innerText.includes('{label}') "
-            f"&& s.querySelector('.widget-readout').innerText.trim() === '{value}')")
+            f"&& Math.abs(parseFloat(s.querySelector('.widget-readout').innerText) - {float(value)}) "
+            f"<= 1e-9 * Math.abs({float(value)}))")
 
 
 SLIDERS = "() => [...document.querySelectorAll('.widget-slider')].map(s => s.innerText)"
@@ -158,6 +159,7 @@ def blow_up_through_the_widgets(page) -> None:
     page.wait_for_function("() => [...document.querySelectorAll('.widget-toggle-buttons button.mod-active')]"
                            ".some(b => b.innerText.trim() === 'SP')", timeout=10_000)
     lr = page.locator(".widget-slider", has_text="learning rate")
+    lr.scroll_into_view_if_needed()
     lr.locator(".noUi-handle").focus()
     for _ in range(15):  # 0.5 -> 10 in steps of 10^0.1 (the last presses stop at the maximum)
         page.keyboard.press("ArrowRight")
@@ -196,13 +198,15 @@ def test_playground_in_a_real_browser(lab, tmp_path):
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
 
             width = page.locator(".widget-slider").first
-            assert width.locator(".widget-readout").inner_text().strip() == "128"
+            width.scroll_into_view_if_needed()   # JupyterLab draws only the cells near the view
+            wait_for_readout(page, "width M", "128")
             width.locator(".noUi-handle").focus()
             page.keyboard.press("ArrowRight")  # one step on the log2 slider: 128 -> 256
             page.wait_for_function("() => document.querySelector('.widget-slider .widget-readout')"
                                    ".innerText.trim() === '256'", timeout=10_000)
 
             steps = page.locator(".widget-slider", has_text="steps")
+            steps.scroll_into_view_if_needed()
             steps.locator(".noUi-handle").focus()
             for _ in range(14):  # 30 -> 100 steps (step 5): long enough to watch it grow
                 page.keyboard.press("ArrowRight")
