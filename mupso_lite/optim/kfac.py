@@ -280,7 +280,8 @@ class KFAC(torch.optim.Optimizer):
             traces = (tr_a, x.shape[1], tr_b, gout.shape[1])
         rho_a, rho_b = self.damping_for(group, st, traces)
         st["rho_a"], st["rho_b"] = rho_a, rho_b
-        return pushthrough_precondition(gout, x, n, None if self.foof else rho_b, self._a_damping(group, name, rho_a, x))
+        rho_a = self._a_damping(group, name, rho_a, x)   # a diagonal when the bias is damped on its own
+        return pushthrough_precondition(gout, x, n, None if self.foof else rho_b, rho_a)
 
     def _update_factors(self, name, st):
         """F <- d F + (1 - d) F_batch, fused into the GEMM (``linalg.gram_update_``)."""

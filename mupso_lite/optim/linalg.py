@@ -140,7 +140,8 @@ def pushthrough_precondition(gout: torch.Tensor, x: torch.Tensor, n: int, rho_b:
         (B + rho_b I)^-1 G (A + rho_a I)^-1 = [(n gout gout^T + rho_b I)^-1 gout]^T [(x x^T / R + rho_a I)^-1 x]
 
     Each side is solved in R x R (Gram) form when R is smaller than that side's dimension,
-    else in the usual dim x dim form; Cholesky solves throughout, no explicit inverse.
+    else in the usual dim x dim form (``_spd_solve``: Cholesky, then the small system's inverse
+    times the right-hand side); no width x width factor is formed.
     ``rho_b=None``: FOOF (B = I), the left side is gout itself. Needs rho > 0. ``rho_a`` may be
     a vector d (a diagonal damping): with x' = x d^-1/2, x (A + diag d)^-1 = x' (x'^T x'/R + I)^-1 d^-1/2.
     """
