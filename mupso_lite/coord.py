@@ -8,6 +8,10 @@ The width exponent of layer l at step t is the least-squares slope of
 
 muP: every slope near 0 (feature learning is width-stable). SP with a fixed lr: positive
 slopes (blow-up). K-FAC with unscaled damping: negative slopes (features freeze).
+
+A layer with a bias gets a second row, layer "<name>.bias" with role "<role> bias": the rms
+change of the bias itself, rms(b(t) - b(0)), which is the bias's own part of that layer's
+feature change. A bias that freezes while its weight moves shows up there.
 """
 from __future__ import annotations
 
@@ -141,6 +145,8 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
             model = first.pop(width, None) if seed == seeds[0] else None
             model = model if model is not None else _checked_model(model_fn, width, seed)
             roles = {name: role for name, _, role in layer_roles(model)}
+            biases = {name: (m.bias, m.bias.detach().clone()) for name, m, _ in layer_roles(model)
+                      if getattr(m, "bias", None) is not None}
             opt = optimizer(model) if callable(optimizer) else \
                 make_optimizer(model, optimizer, lr=lr, damping=damping, param=param, **options)
             for rec in train(model, opt, data, steps=max(record_steps), batch_size=batch_size,
@@ -154,6 +160,10 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
                         rows.append(dict(width=width, seed=seed, step=rec["step"], layer=layer,
                                          role=roles[layer], feature_change=fc,
                                          output_change=rec["output_change"]))
+                    for layer, (b, b0) in biases.items():   # rms(b(t) - b(0))
+                        rows.append(dict(width=width, seed=seed, step=rec["step"], layer=f"{layer}.bias",
+                                         role=f"{roles[layer]} bias", output_change=rec["output_change"],
+                                         feature_change=float((b.detach() - b0).pow(2).mean().sqrt())))
             release_hooks(opt)
     frame = pd.DataFrame(rows, columns=["width", "seed", "step", "layer", "role", "feature_change",
                                         "output_change"])

@@ -108,6 +108,7 @@ class LayerScale:
     damping_b: float | None
     eps: float | None = None
     damping_bias: float | None = None
+    bias_eps: float | None = None
 
 
 def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: float = 0.0,
@@ -121,10 +122,16 @@ def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: fl
     eps      = damping * (M/M0)^(-e_eps)  (Shampoo: ``damping`` is the base eps).
     Biases: for SGD and Adam, a bias of the input or hidden layer is a "vector-like"
     parameter (one infinite dimension, like input weights), so it follows the input layer's
-    lr exponent; the output bias (finite size) keeps the base lr. Second-order optimizers
-    share the layer's lr with the bias: K-FAC and FOOF precondition it as A's homogeneous
-    coordinate (damped by ``damping_bias`` below); Shampoo gives it a diagonal preconditioner
-    of its own, whose width scaling this table does not derive (its biases still freeze).
+    lr exponent; the output bias (finite size) keeps the base lr. K-FAC and FOOF share the
+    layer's lr with the bias and precondition it as A's homogeneous coordinate, damped under
+    muP by ``damping_bias`` = rho_A M0/M in hidden and output layers: that coordinate is 1
+    while a growing fan-in's |x|^2 grows like M, so the layer's rho_A ~ M would freeze it.
+    Shampoo preconditions a bias g (size n) diagonally, u_i = g_i / ((g_i^2 + eps)^e (|g|^2 + eps)^e).
+    With entries of size s and eps negligible, u_i ~ s^(1-4e) n^-e. Under muP an input or
+    hidden bias has n = M and s ~ 1/M (the backward signal through a 1/M readout), so
+    u_i ~ M^(3e-1) and the bias needs ``bias_lr`` = lr (M/M0)^(1-3e) (M^(1/4) at e = 1/4) and
+    ``bias_eps`` = eps (M0/M)^2 (its statistic g_i^2 ~ M^-2); the output bias (n fixed, s ~ 1)
+    keeps the base lr and eps.
     """
     layers = layer_roles(model)
     width, base_width = model_widths(model, width, base_width)
@@ -146,10 +153,16 @@ def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: fl
         da = damping * r.factor("damping_a", role, width, base_width) if r.damping_a else None
         db = damping * r.factor("damping_b", role, width, base_width) if r.damping_b else None
         eps = damping * r.factor("eps", role, width, base_width) if r.eps else None
-        dbias = None
+        dbias = bias_eps = None
         if da is not None and param == "mup":
             dbias = da if role == "input" else da / ratio
-        out.append(LayerScale(name, role, fan_in, std, layer_lr, bias_lr, da, db, eps, dbias))
+        if optimizer == "shampoo":
+            bias_eps = damping
+            if param == "mup" and role != "output":
+                bias_lr, bias_eps = lr * ratio ** (1 - 3 * float(root)), damping / ratio ** 2
+            elif param == "mup":
+                bias_lr = lr
+        out.append(LayerScale(name, role, fan_in, std, layer_lr, bias_lr, da, db, eps, dbias, bias_eps))
     return out
 
 

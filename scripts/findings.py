@@ -9,7 +9,9 @@ Prints, for each finding, the numbers it rests on:
   warmup     K-FAC and Shampoo on digits with and without the warm-up of fresh inverses;
   batch      K-FAC with EMA factors (the defaults) vs current-batch factors (ema_decay=0,
              intervals 1: the push-through path) on digits at width 1024, 200 steps;
-  root       muP-Shampoo with root 1/2 vs 1/4: width exponents on the teacher task.
+  root       muP-Shampoo with root 1/2 vs 1/4: width exponents on the teacher task;
+  trace      K-FAC with trace-rescaled damping over 300 steps: rho tr(B_t) of the current
+             factors against rho max_t tr(B_t) (what ``damping_mode="trace"`` uses).
 """
 from __future__ import annotations
 
@@ -82,7 +84,31 @@ def root():
         print(f"root {e} eps {eps:g} {mode:8s} (in / hid / out / f): {slopes}")
 
 
-FINDINGS = {"damping": damping, "fisher": fisher, "warmup": warmup, "batch": batch, "root": root}
+class CurrentTraceKFAC(ml.KFAC):
+    """K-FAC whose "trace" damping follows the current traces, rho tr(A_t), rho tr(B_t)."""
+
+    def damping_for(self, group, st, traces=None):
+        st.pop("trace_a", None), st.pop("trace_b", None)   # forget the running maximum
+        return super().damping_for(group, st, traces)
+
+
+def trace():
+    digits = ml.datasets.digits()
+    for name, cls in (("rho tr(B_t)", CurrentTraceKFAC), ("rho max tr(B_t)", ml.KFAC)):
+        for width in (64, 256):
+            for seed in (0, 1, 2):
+                model = ml.MLP(64, 10, width, base_width=64, seed=seed)
+                opt = ml.make_optimizer(model, "kfac", lr=0.1, damping=0.1, damping_mode="trace")
+                opt.__class__ = cls
+                recs = ml.run(model, opt, digits, steps=300, seed=seed, divergence=None)
+                loss = [r["loss"] for r in recs]
+                low = min(range(len(loss)), key=loss.__getitem__)
+                print(f"{name:16s} width {width:3d} seed {seed}: min loss {loss[low]:.2g} at step {low + 1}, "
+                      f"then peak {max(loss[low:]):.3g}; last {loss[-1]:.3g}, "
+                      f"test acc {recs[-1]['test_accuracy']:.3f}", flush=True)
+
+
+FINDINGS = {"damping": damping, "fisher": fisher, "warmup": warmup, "batch": batch, "root": root, "trace": trace}
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -3,7 +3,7 @@
     python scripts/reproduce.py coord          # width exponents, SP vs muP, 4 optimizers + K-FAC damping
     python scripts/reproduce.py lr             # lr transfer on digits, K-FAC and Shampoo, widths 64..2048
     python scripts/reproduce.py accuracy       # test accuracy vs width at the lr tuned at width 64
-    python scripts/reproduce.py damping        # K-FAC damping transfer, pi vs trace
+    python scripts/reproduce.py damping        # K-FAC damping transfer over 300 steps: pi, trace, table
     python scripts/reproduce.py zero-readout   # K-FAC with a zero last layer vs muP
     python scripts/reproduce.py all
 
@@ -29,6 +29,7 @@ BASE = 64
 # base lr / damping per optimizer, the ones tuned at base width (same as tests/test_theory.py)
 COORD_LR = {"sgd": (0.5, None), "adam": (0.01, None), "kfac": (0.1, 0.1), "shampoo": (0.1, 1e-4)}
 LRS = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
+DAMPING_STEPS = 300   # trace damping that followed the current tr(B) blew up between steps 125 and 231
 
 
 def widths(args, full):
@@ -141,13 +142,24 @@ def accuracy(args):
 
 
 def damping(args):
-    ws = widths(args, [64, 256, 1024])
-    grid = {"width": ws, "damping": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0], "lr": [0.1], "param": ["mup"],
-            "optimizer": ["kfac"], "damping_mode": ["pi", "trace"], "seed": [0]}
-    df = run_sweep(args, "damping_transfer", grid, args.steps)
+    """Long runs (300 steps): trace damping that followed the current tr(B) blew up late."""
+    ws, steps = widths(args, [64, 256, 1024]), DAMPING_STEPS if not args.quick else 20
+    grid = {"width": ws, "damping": [1e-3, 1e-2, 1e-1, 1.0, 10.0], "lr": [0.1], "param": ["mup"],
+            "optimizer": ["kfac"], "damping_mode": ["pi", "trace", "table"], "seed": [0, 1] if not args.quick else [0]}
+    df = run_sweep(args, "damping_transfer", grid, steps)
     table = best_table(df, "damping", keys=("damping_mode",))
-    text = (f"K-FAC (muP, lr 0.1): best damping (train loss after {args.steps} steps) per width:\n\n"
-            + md(table.reset_index().astype(str)))
+    loss = df.assign(train_loss=df["train_loss"].astype(float).where(df.status == "ok"))
+    loss = loss.groupby(["damping_mode", "width", "damping"])["train_loss"].mean().unstack("damping")
+    loss.columns = [f"{c:g}" for c in loss.columns]
+    flagged = df[(df.status != "ok") | df["warning"].fillna("").astype(bool)] if "warning" in df else df[df.status != "ok"]
+    text = (f"K-FAC (muP, lr 0.1): best damping (mean train loss of {df.seed.nunique()} seeds after {steps} steps) "
+            f"per width:\n\n" + md(table.reset_index().astype(str))
+            + f"\n\nMean train loss after {steps} steps (rows: mode, width; columns: damping; "
+            "blank: a seed diverged):\n\n" + md(loss.reset_index(), "{:.3g}")
+            + f"\n\nDiverged or unstable runs: {len(flagged)} of {len(df)}"
+            + "".join(f"\n- {r.damping_mode} width {r.width} damping {r.damping:g} seed {r.seed}: {r.status}"
+                      + (f" ({r.warning})" if isinstance(getattr(r, 'warning', None), str) and r.warning else "")
+                      for r in flagged.itertuples()))
     write(args, "damping_transfer", text, damping_transfer_figure(df[df.status == "ok"]),
           df.drop(columns=["curve", "feature_change"]))
 

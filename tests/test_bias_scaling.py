@@ -1,8 +1,10 @@
-"""Biases under muP K-FAC: the homogeneous coordinate is damped at its own scale.
+"""Biases under muP K-FAC and Shampoo move at every width (``scaling.layer_scales``).
 
-A's bias coordinate is 1 while a growing fan-in's |x|^2 grows like M; damped by the one
-rho_A ~ M of the table, the bias moved like M^-1. ``damping_bias`` = rho_A M0/M (hidden,
-output) restores an O(1) bias change (``scaling.layer_scales``).
+K-FAC: A's bias coordinate is 1 while a growing fan-in's |x|^2 grows like M; damped by the
+one rho_A ~ M of the table, the bias moved like M^-1. ``damping_bias`` = rho_A M0/M (hidden,
+output) restores an O(1) bias change.
+Shampoo: a bias of size n with entries of size s gets u_i ~ s^(1-4e) n^-e from its diagonal
+preconditioner; ``bias_lr`` ~ M^(1-3e) and ``bias_eps`` ~ M^-2 for input and hidden biases.
 """
 import numpy as np
 import pytest
@@ -73,17 +75,14 @@ def test_fast_paths_with_a_bias_damping_equal_the_plain_formula(ema):
 
 
 def bias_slopes(optimizer, widths=(64, 128, 256, 512, 1024), seeds=(0, 1), **opts):
+    """Width exponents of the rms bias change after 3 steps (input, hidden, output), from ml.coord_check."""
     data = ml.data.load("teacher")
-    change = {}
-    for w in widths:
-        for seed in seeds:
-            model = ml.MLP(data.d_in, data.d_out, w, depth=3, base_width=64, bias=True, seed=seed)
-            opt = ml.make_optimizer(model, optimizer, lr=0.1, **opts)
-            b0 = [m.bias.detach().clone() for m in model.layers]
-            ml.run(model, opt, data, steps=3, seed=seed)
-            for i, m in enumerate(model.layers):
-                change.setdefault(i, {}).setdefault(w, []).append(float((m.bias.detach() - b0[i]).pow(2).mean().sqrt()))
-    return [ml.fit_slope(widths, [np.mean(change[i][w]) for w in widths]) for i in sorted(change)]
+    cc = ml.coord_check(lambda w, seed=0: ml.MLP(data.d_in, data.d_out, w, depth=3, base_width=64, bias=True,
+                                                  seed=seed),
+                        optimizer, "mup", widths=widths, steps=[3], seeds=seeds, data=data, lr=0.1,
+                        device="cpu", **opts)
+    slopes = cc.slopes_by_role(3)
+    return [slopes[f"{role} bias"] for role in ("input", "hidden", "output")]
 
 
 def test_mup_kfac_biases_move_at_every_width():
@@ -106,3 +105,40 @@ def test_mup_kfac_bias_damping_is_what_keeps_biases_moving():
     finally:
         build.layer_scales = old
     assert slopes[1] < -0.25 and slopes[2] < -0.2, slopes   # measured -0.30 / -0.27
+
+
+def test_shampoo_bias_rule_from_the_vector_update():
+    """u_i = g_i / ((g_i^2 + eps)^e (|g|^2 + eps)^e) with eps -> 0 and g_i = s: u_i = s^(1-4e) n^-e."""
+    for e in (0.25, 0.5):
+        opt_of = {}
+        for n, s in ((64, 1 / 64), (1024, 1 / 1024)):
+            p = torch.zeros(n, dtype=torch.float64, requires_grad=True)
+            p.grad = torch.full((n,), s, dtype=torch.float64)
+            ml.Shampoo([p], lr=1.0, eps=0.0, root=e).step()
+            opt_of[n] = float(-p.detach()[0])
+            assert opt_of[n] == pytest.approx(s ** (1 - 4 * e) * n ** (-e), rel=1e-9)
+        # the bias lr (M/M0)^(1-3e) of the table makes the update width-independent
+        assert opt_of[1024] * 16 ** (1 - 3 * e) == pytest.approx(opt_of[64], rel=1e-9)
+    model = ml.MLP(16, 4, 256, depth=3, base_width=64, bias=True)
+    scales = {s.role: s for s in ml.layer_scales(model, "mup", "shampoo", lr=0.1, damping=1e-4)}
+    assert scales["hidden"].bias_lr == pytest.approx(0.1 * 4 ** 0.25)
+    assert scales["input"].bias_eps == pytest.approx(1e-4 / 16) and scales["output"].bias_lr == pytest.approx(0.1)
+    assert {s.bias_lr for s in ml.layer_scales(model, "sp", "shampoo", lr=0.1)} == {0.1}
+
+
+@pytest.mark.parametrize("opts", [dict(damping=1e-4), dict(damping=1e-3, eps_mode="relative"),
+                                  dict(damping=1e-4, root=0.5)], ids=["absolute", "relative", "root-half"])
+def test_mup_shampoo_biases_move_at_every_width(opts):
+    """Before the bias rule (bias with its layer's lr and eps): +0.12 / -0.56 / -0.46 at eps 1e-4."""
+    slopes = bias_slopes("shampoo", **opts)
+    assert all(abs(s) < 0.1 for s in slopes), slopes   # measured within 0.07 for all three
+
+
+def test_coord_check_reports_bias_rows():
+    model_fn = lambda w, seed=0: ml.MLP(16, 4, w, depth=2, base_width=32, bias=True, seed=seed)  # noqa: E731
+    cc = ml.coord_check(model_fn, "sgd", widths=(32, 64), steps=1, seeds=(0,), device="cpu")
+    assert set(cc.slopes_by_role(1)) == {"input", "output", "input bias", "output bias", "f"}
+    assert (cc.frame[cc.frame.role == "input bias"]["feature_change"] > 0).all()
+    no_bias = ml.coord_check(lambda w, seed=0: ml.MLP(16, 4, w, depth=2, base_width=32, seed=seed), "sgd",
+                             widths=(32, 64), steps=1, seeds=(0,), device="cpu")
+    assert not no_bias.frame["role"].str.endswith("bias").any()

@@ -55,8 +55,10 @@ class TwoBranch(nn.Module):
 def test_user_model_with_a_named_and_a_callable_optimizer():
     cc = ml.coord_check(TwoBranch, "kfac", "mup", widths=(16, 64), steps=1, seeds=(0,), data=DATA,
                         lr=0.1, damping=0.1, device="cpu")
-    assert set(cc.frame["layer"]) == {"inp", "mid", "out"}
-    assert dict(zip(cc.frame["layer"], cc.frame["role"])) == {"inp": "input", "mid": "hidden", "out": "output"}
+    assert set(cc.frame["layer"]) == {"inp", "mid", "out", "inp.bias", "mid.bias", "out.bias"}
+    assert dict(zip(cc.frame["layer"], cc.frame["role"])) == {
+        "inp": "input", "mid": "hidden", "out": "output",
+        "inp.bias": "input bias", "mid.bias": "hidden bias", "out.bias": "output bias"}
     # a model_fn without a seed argument is called as model_fn(width); a callable optimizer is used as is
     calls = []
 
@@ -65,7 +67,7 @@ def test_user_model_with_a_named_and_a_callable_optimizer():
         return TwoBranch(width)
     cc = ml.coord_check(model_fn, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), widths=(16, 32),
                         steps=2, seeds=(0,), data=DATA, device="cpu")
-    assert calls == [16, 32] and cc.label == "mup/custom" and len(cc.exponents) == 2 * 4
+    assert calls == [16, 32] and cc.label == "mup/custom" and len(cc.exponents) == 2 * 7   # 3 weights, 3 biases, f
 
 
 def test_verdict_names_growing_and_freezing_layers():

@@ -101,8 +101,11 @@ def make_optimizer(model: nn.Module, name: str, lr: float, damping: float | None
     groups = []
     for s, (_, m, _) in zip(scales, layers):
         eps = damp[s.name].eps if eps_mode == "absolute" else damping
-        groups.append({"params": [p for p in (m.weight, m.bias) if p is not None], "lr": s.lr,
-                       "eps": eps, "layer": s.name})
+        groups.append({"params": [m.weight], "lr": s.lr, "eps": eps, "layer": s.name})
+        if m.bias is not None:   # a vector with its own diagonal preconditioner: its own lr and eps
+            bias_eps = damp[s.name].bias_eps if eps_mode == "absolute" else damping
+            groups.append({"params": [m.bias], "lr": damp[s.name].bias_lr if not options.get("grafting")
+                           else s.bias_lr, "eps": bias_eps, "layer": s.name + ".bias"})
     if rest:
         groups.append({"params": rest, "lr": lr, "eps": damping, "layer": None})
     options.setdefault("model", model)

@@ -36,8 +36,14 @@ Damping (``damping_mode``):
   "pi"     Martens & Grosse's factored Tikhonov: rho_A = sqrt(rho) pi, rho_B = sqrt(rho) / pi,
            pi^2 = (tr A / dim A) / (tr B / dim B). Right for hidden layers, mis-scaled for
            the input and output layers under muP (Ishikawa & Karakida 2024).
-  "trace"  rho_A = rho tr(A), rho_B = rho tr(B): each damping follows its factor's own scale,
-           which meets the muP table in every layer, so one rho transfers across widths.
+  "trace"  rho_A = rho max_t tr(A_t), rho_B = rho max_t tr(B_t), the largest trace seen so far:
+           each damping follows its factor's own scale, which meets the muP table in every
+           layer, so one rho transfers across widths. The running maximum keeps the damping
+           from vanishing as the fit improves: tr(B) shrinks with the per-example gradients,
+           and with rho tr(B_t) itself (digits, muP, rho 0.1, lr 0.1, 300 steps) the loss fell
+           to 4e-4-5e-3 and then jumped to 33-509 in all 6 runs (widths 64 and 256, 3 seeds);
+           with the maximum none did, ending at loss 0.011-0.019 and test accuracy 0.967-0.978
+           (``python scripts/findings.py trace``).
 A group's ``damping_bias`` (set by ``make_optimizer`` under muP) replaces rho_A on the
 homogeneous (bias) coordinate of A: (A + diag(rho_A, ..., rho_A, rho_bias))^-1 (see
 ``scaling.layer_scales`` for why biases need it to move at every width).
@@ -313,7 +319,9 @@ class KFAC(torch.optim.Optimizer):
             traces = (float(torch.trace(st["A"])), st["A"].shape[0],
                       float(torch.trace(b)) if b is not None else 0.0, b.shape[0] if b is not None else 1)
         tr_a, dim_a, tr_b, dim_b = traces
-        if self.damping_mode == "trace":
+        if self.damping_mode == "trace":   # rho times the largest trace seen so far
+            st["trace_a"] = tr_a = max(tr_a, st.get("trace_a", 0.0))
+            st["trace_b"] = tr_b = max(tr_b, st.get("trace_b", 0.0))
             return rho * tr_a, rho * tr_b
         if tr_a <= 0 or tr_b <= 0:  # pi undefined: split the damping evenly
             return math.sqrt(rho), math.sqrt(rho)
