@@ -1,6 +1,7 @@
 """Reproduce the paper's qualitative results at laptop scale; tables and figures go to docs/results/.
 
     python scripts/reproduce.py coord          # width exponents, SP vs muP, 4 optimizers + K-FAC damping
+    python scripts/reproduce.py bias           # width exponents of the biases (bias=True), muP
     python scripts/reproduce.py lr             # lr transfer on digits, K-FAC and Shampoo, widths 64..2048
     python scripts/reproduce.py accuracy       # test accuracy vs width at the lr tuned at width 64
     python scripts/reproduce.py damping        # K-FAC damping transfer over 300 steps: pi, trace, table
@@ -88,6 +89,24 @@ def coord(args):
           fig, pd.concat(frames, ignore_index=True))
 
 
+def bias(args):
+    """Width exponents of the features and of the biases themselves (``bias=True``), muP."""
+    data = ml.datasets.teacher()
+    ws, steps = widths(args, [64, 128, 256, 512, 1024]), (1, 3, 10)
+    rows = []
+    for opt in ("sgd", "adam", "kfac", "foof", "shampoo"):
+        lr_, damping_ = COORD_LR.get(opt, (0.1, 0.1))
+        cc = ml.coord_check(lambda w, seed=0: ml.MLP(16, 4, w, 3, base_width=BASE, bias=True, seed=seed),
+                            opt, "mup", widths=ws, steps=steps, seeds=(0, 1) if not args.quick else (0,),
+                            data=data, lr=lr_, damping=damping_, device="cpu",
+                            **({"inverse_interval": 1} if opt in ("kfac", "foof") else {}))
+        for step in steps:
+            s = cc.slopes_by_role(step)
+            rows.append({"run": f"mup/{opt}", "step": step,
+                         **{r: s[r] for r in ("input", "hidden", "output", "input bias", "hidden bias", "output bias")}})
+    write(args, "bias", md(pd.DataFrame(rows)))
+
+
 # ---------------------------------------------------------------- sweeps on digits
 def run_sweep(args, name, grid, steps):
     path = Path(args.out) / f"{name}.jsonl"
@@ -149,13 +168,14 @@ def damping(args):
     df = run_sweep(args, "damping_transfer", grid, steps)
     table = best_table(df, "damping", keys=("damping_mode",))
     loss = df.assign(train_loss=df["train_loss"].astype(float).where(df.status == "ok"))
-    loss = loss.groupby(["damping_mode", "width", "damping"])["train_loss"].mean().unstack("damping")
+    loss = loss.groupby(["damping_mode", "width", "damping"])["train_loss"].agg(lambda v: v.mean(skipna=False))
+    loss = loss.unstack("damping")
     loss.columns = [f"{c:g}" for c in loss.columns]
     flagged = df[(df.status != "ok") | df["warning"].fillna("").astype(bool)] if "warning" in df else df[df.status != "ok"]
     text = (f"K-FAC (muP, lr 0.1): best damping (mean train loss of {df.seed.nunique()} seeds after {steps} steps) "
             f"per width:\n\n" + md(table.reset_index().astype(str))
             + f"\n\nMean train loss after {steps} steps (rows: mode, width; columns: damping; "
-            "blank: a seed diverged):\n\n" + md(loss.reset_index(), "{:.3g}")
+            "nan: a seed diverged):\n\n" + md(loss.reset_index(), "{:.3g}")
             + f"\n\nDiverged or unstable runs: {len(flagged)} of {len(df)}"
             + "".join(f"\n- {r.damping_mode} width {r.width} damping {r.damping:g} seed {r.seed}: {r.status}"
                       + (f" ({r.warning})" if isinstance(getattr(r, 'warning', None), str) and r.warning else "")
@@ -198,7 +218,8 @@ def zero_readout(args):
     write(args, "zero_readout", text, fig, frame)
 
 
-EXPERIMENTS = {"lr": lr, "accuracy": accuracy, "coord": coord, "damping": damping, "zero-readout": zero_readout}
+EXPERIMENTS = {"lr": lr, "accuracy": accuracy, "coord": coord, "bias": bias, "damping": damping,
+               "zero-readout": zero_readout}
 
 
 def main(argv=None):
