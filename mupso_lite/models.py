@@ -30,7 +30,7 @@ def init_weights(model: nn.Module, param: str = "mup", optimizer: str = "sgd", s
     for name, module, role in layer_roles(model):
         std = 0.0 if (zero_readout and role == "output") else scales[name].init_std
         module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
-        if module.bias is not None:
+        if getattr(module, "bias", None) is not None:
             module.bias.zero_()
     return model
 

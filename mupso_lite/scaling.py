@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from torch import nn
+
 from .checks import check_choice, check_positive  # noqa: F401 (re-exported)
 from .roles import layer_roles, model_widths
 
@@ -139,20 +141,20 @@ def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: fl
     out = []
     for name, module, role in layers:
         fan_in = _fan_in(module)
-        ratio = width / base_width
+        ratio = getattr(module, "mup_ratio", width / base_width)   # per layer after ml.parametrize
         if role == "input":
             std = sigma / math.sqrt(fan_in)
         else:
             std = sigma / math.sqrt(fan_in) * ratio ** (0.5 - r.init[ROLES.index(role)])
-        layer_lr = lr * r.factor("lr", role, width, base_width)
+        layer_lr = lr * r.factor("lr", role, ratio, 1.0)
         if optimizer in ("sgd", "adam"):
             bias_role = "input" if role != "output" else None
-            bias_lr = lr * r.factor("lr", bias_role, width, base_width) if bias_role else lr
+            bias_lr = lr * r.factor("lr", bias_role, ratio, 1.0) if bias_role else lr
         else:
             bias_lr = layer_lr
-        da = damping * r.factor("damping_a", role, width, base_width) if r.damping_a else None
-        db = damping * r.factor("damping_b", role, width, base_width) if r.damping_b else None
-        eps = damping * r.factor("eps", role, width, base_width) if r.eps else None
+        da = damping * r.factor("damping_a", role, ratio, 1.0) if r.damping_a else None
+        db = damping * r.factor("damping_b", role, ratio, 1.0) if r.damping_b else None
+        eps = damping * r.factor("eps", role, ratio, 1.0) if r.eps else None
         dbias = bias_eps = None
         if da is not None and param == "mup":
             dbias = da if role == "input" else da / ratio
@@ -167,6 +169,9 @@ def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: fl
 
 
 def _fan_in(module) -> int:
+    """Inputs per output unit; 1 for an nn.Embedding (a one-hot input has |x|^2 = 1)."""
+    if isinstance(module, nn.Embedding):
+        return 1
     w = module.weight
     return int(w[0].numel())
 

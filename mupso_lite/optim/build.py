@@ -67,15 +67,15 @@ def make_optimizer(model: nn.Module, name: str, lr: float, damping: float | None
                                             width=width, base_width=base_width, root=root)}
     taken = {id(p) for _, m, _ in layers for p in m.parameters(recurse=False)}
     rest = [p for p in model.parameters() if id(p) not in taken and p.requires_grad]
+    root_e = float(root)
 
     if name in ("sgd", "adam"):
         groups = []
         for s, (_, m, _) in zip(scales, layers):
             groups.append({"params": [m.weight], "lr": s.lr, "layer": s.name})
-            if m.bias is not None:
-                groups.append({"params": [m.bias], "lr": s.bias_lr, "layer": s.name + ".bias"})
-        if rest:
-            groups.append({"params": rest, "lr": lr, "layer": None})
+            if bias_of(m) is not None:
+                groups.append({"params": [bias_of(m)], "lr": s.bias_lr, "layer": s.name + ".bias"})
+        groups += other_groups(rest, param, name, lr)
         cls = torch.optim.SGD if name == "sgd" else torch.optim.Adam
         return cls(groups, lr=lr, **options)
 
@@ -83,14 +83,13 @@ def make_optimizer(model: nn.Module, name: str, lr: float, damping: float | None
         mode = check_choice("damping_mode", options.pop("damping_mode", "table"), KFAC_DAMPING)
         groups = []
         for s, (_, m, _) in zip(scales, layers):
-            g = {"params": [p for p in (m.weight, m.bias) if p is not None], "lr": s.lr, "layer": s.name}
+            g = {"params": [p for p in (m.weight, bias_of(m)) if p is not None], "lr": s.lr, "layer": s.name}
             if mode == "table":
                 g["damping_a"], g["damping_b"] = damp[s.name].damping_a, damp[s.name].damping_b
-                if m.bias is not None:   # muP: the bias coordinate is damped at its own scale
+                if bias_of(m) is not None:   # muP: the bias coordinate is damped at its own scale
                     g["damping_bias"] = damp[s.name].damping_bias
             groups.append(g)
-        if rest:
-            groups.append({"params": rest, "lr": lr, "layer": None})
+        groups += other_groups(rest, param, "sgd", lr)   # K-FAC updates these with SGD
         if name == "foof":
             options["foof"] = True
         # "table" and "fixed" both hand KFAC per-layer rho_A, rho_B to use as given (scaled or not)
@@ -102,11 +101,39 @@ def make_optimizer(model: nn.Module, name: str, lr: float, damping: float | None
     for s, (_, m, _) in zip(scales, layers):
         eps = damp[s.name].eps if eps_mode == "absolute" else damping
         groups.append({"params": [m.weight], "lr": s.lr, "eps": eps, "layer": s.name})
-        if m.bias is not None:   # a vector with its own diagonal preconditioner: its own lr and eps
+        if bias_of(m) is not None:   # a vector with its own diagonal preconditioner: its own lr and eps
             bias_eps = damp[s.name].bias_eps if eps_mode == "absolute" else damping
-            groups.append({"params": [m.bias], "lr": damp[s.name].bias_lr if not options.get("grafting")
+            groups.append({"params": [bias_of(m)], "lr": damp[s.name].bias_lr if not options.get("grafting")
                            else s.bias_lr, "eps": bias_eps, "layer": s.name + ".bias"})
-    if rest:
-        groups.append({"params": rest, "lr": lr, "eps": damping, "layer": None})
+    groups += other_groups(rest, param, "shampoo", lr, eps=damping, root=root_e)
     options.setdefault("model", model)
     return Shampoo(groups, lr=lr, eps=damping, **options)
+
+
+def other_groups(params, param: str, rule: str, lr: float, eps: float | None = None, root: float = 0.25) -> list[dict]:
+    """Param groups for the parameters outside the role-tagged layers (LayerNorm/BatchNorm
+    affine parameters, fixed-size layers, ...). A vector-like one that grows with width
+    (``ml.parametrize`` marks it with ``mup_ratio`` = M/M0) gets, under muP, the lr of a
+    vector-like parameter: SGD (and K-FAC, which updates these with SGD) lr (M/M0), since its
+    gradient entries are ~ 1/M; Adam lr; Shampoo the bias rule of ``scaling.layer_scales``,
+    lr (M/M0)^(1-3e) and eps (M0/M)^2. Everything else keeps lr (and eps)."""
+    groups: dict = {}
+    for p in params:
+        ratio = getattr(p, "mup_ratio", 1.0) if param == "mup" else 1.0
+        if rule == "shampoo":
+            key = (lr * ratio ** (1 - 3 * root), eps / ratio ** 2)
+        else:
+            key = (lr * ratio if rule == "sgd" else lr, None)
+        groups.setdefault(key, []).append(p)
+    out = []
+    for (g_lr, g_eps), ps in groups.items():
+        g = {"params": ps, "lr": g_lr, "layer": None}
+        if rule == "shampoo":
+            g["eps"] = g_eps
+        out.append(g)
+    return out
+
+
+def bias_of(module: nn.Module):
+    """The layer's bias, or None (an nn.Embedding has no bias attribute at all)."""
+    return getattr(module, "bias", None)

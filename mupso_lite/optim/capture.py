@@ -24,7 +24,7 @@ from torch import nn
 
 
 class LayerCapture:
-    """Hooks on ``layers`` (dict name -> nn.Linear / nn.Conv2d) of ``model``.
+    """Hooks on ``layers`` (dict name -> nn.Linear / nn.Conv2d / nn.Embedding) of ``model``.
 
     Every grad-enabled call of a layer is recorded since the last root-model forward (or
     ``clear``); the tensor hook on its output fills in that call's output gradient.
@@ -125,8 +125,11 @@ class _GradSlot:
 
 
 def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Rows of layer inputs: x for Linear (leading dims flattened), unfolded patches for Conv2d;
-    a column of ones appended when the layer has a bias (the homogeneous coordinate)."""
+    """Rows of layer inputs: x for Linear (leading dims flattened: a sequence's positions are
+    rows too), unfolded patches for Conv2d, the flat token indices for Embedding; a column of
+    ones appended when the layer has a bias (the homogeneous coordinate)."""
+    if isinstance(module, nn.Embedding):   # the token indices: x is one-hot, kept as indices
+        return x.reshape(-1)
     ones = module.bias is not None
     if isinstance(module, nn.Conv2d):
         return conv_patches(module, x, ones=ones)

@@ -2,10 +2,14 @@
 
 For each weight layer (bias as a homogeneous coordinate: x gets a trailing 1),
 
-    A = E[x x^T]            over examples (and spatial locations, for Conv2d)
-    B = E[delta delta^T]    over examples; delta = d(example's own loss)/d(layer output),
-                            summed over spatial locations for Conv2d
+    A = E[x x^T]            averaged over examples and positions
+    B = E[delta delta^T]    averaged over examples and summed over positions; delta =
+                            d(example's own loss)/d(layer output at that position)
     G = E[delta x^T]        = the gradient of the mean loss (what .grad holds)
+
+Positions are a Conv2d's spatial locations (Grosse & Martens 2016) and the tokens of a
+Linear applied to a sequence (inputs N x T x d); a plain Linear has one. An nn.Embedding is
+a Linear on one-hot tokens: its A = diag(token frequencies) is kept as a vector.
 
     update  W <- W - lr * (B + rho_B I)^-1 G (A + rho_A I)^-1          (K-FAC)
             W <- W - lr * G (A + rho_A I)^-1                            (FOOF, ``foof=True``)
@@ -54,9 +58,10 @@ from the model (call ``opt.sample_fisher(outputs)`` between the forward and back
 "empirical" for cross-entropy. For regression the empirical Fisher shrinks with the
 residuals, so its preconditioned step grows as the fit improves.
 
-Which layers: the role-tagged ones of ``ml.MLP``, ``ml.CNN`` or ``ml.tag_roles``, or, in a
-plain torch model without roles, every nn.Linear and nn.Conv2d (roles matter only to the
-width rules of ``make_optimizer``). Other parameters get plain SGD (with momentum).
+Which layers: the role-tagged ones of ``ml.MLP``, ``ml.CNN``, ``ml.tag_roles`` or
+``ml.parametrize`` (which also tags nn.Embedding), or, in a plain torch model without roles,
+every nn.Linear and nn.Conv2d (roles matter only to the width rules of ``make_optimizer``).
+Other parameters (LayerNorm, BatchNorm, ...) get plain SGD (with momentum).
 """
 from __future__ import annotations
 
@@ -218,9 +223,15 @@ class KFAC(torch.optim.Optimizer):
             return
         st = self.state[module.weight]
         k = st.get("step", 0)
-        grad = gradient_matrix(module)   # G (out x in, the bias as the last column)
-        batch = self._batch_rows(name, grad) if self.fast else None
-        if batch is not None and self._current_batch_only(group):
+        if isinstance(module, nn.Embedding):
+            update = self._embedding_update(group, st, name, module, k)
+            grad = batch = None
+        else:
+            grad = gradient_matrix(module)   # G (out x in, the bias as the last column)
+            batch = self._batch_rows(name, grad) if self.fast else None
+        if grad is None:
+            pass
+        elif batch is not None and self._current_batch_only(group):
             gout, x = batch
             update = self._pushthrough_update(group, st, name, x, gout)
         else:
@@ -238,6 +249,33 @@ class KFAC(torch.optim.Optimizer):
             update = buf.mul_(group["momentum"]).add_(update)
         self._apply(module, update, group)   # W <- W - lr * update
         st["step"] = k + 1
+
+    def _embedding_update(self, group, st, name, module, k):
+        """(B + rho_B I)^-1 G (A + rho_A I)^-1 for an nn.Embedding, G = weight.grad^T (dim x vocab).
+        Its input is one-hot, so A = E[x x^T] = diag(token frequencies): stored as a vector and
+        inverted elementwise; tr A = 1."""
+        grad = module.weight.grad.T
+        if self._refreshes_factors(k):
+            idx, delta = self.capture.x(name), self._delta(name)
+            freq = torch.bincount(idx, minlength=module.num_embeddings).to(grad.dtype) / idx.numel()
+            first = "A" not in st
+            if first:
+                st["A"] = freq
+                st["B"] = None if self.foof else delta.new_zeros(delta.shape[1], delta.shape[1])
+            else:
+                st["A"].mul_(self.ema_decay).add_(freq, alpha=1 - self.ema_decay)
+            if not self.foof:
+                beta, w = (0.0, 1.0) if first else (self.ema_decay, 1.0 - self.ema_decay)
+                gram_update_(st["B"], delta, beta, w * self.capture.batch_size(name))
+        if k < self.warmup or k % self.inverse_interval == 0 or "A_inv" not in st:
+            b = st["B"]
+            traces = (float(st["A"].sum()), st["A"].numel(), float(torch.trace(b)) if b is not None else 0.0,
+                      b.shape[0] if b is not None else 1)
+            rho_a, rho_b = self.damping_for(group, st, traces)
+            st["rho_a"], st["rho_b"] = rho_a, rho_b
+            st["A_inv"] = 1.0 / (st["A"] + rho_a)
+            st["B_inv"] = None if self.foof else damped_inverse(b, rho_b)
+        return (grad if self.foof else st["B_inv"] @ grad) * st["A_inv"]
 
     def _batch_rows(self, name: str, grad: torch.Tensor):
         """(gout, x) with G == gout^T x for this step's batch, or None (not captured, or .grad
@@ -332,7 +370,7 @@ class KFAC(torch.optim.Optimizer):
         """rho_A as a number, or as a diagonal (rho_A, ..., rho_A, rho_bias) when the group damps
         the bias coordinate on its own (``damping_bias``)."""
         rho_bias = group.get("damping_bias")
-        if rho_bias is None or self.modules_by_name[name].bias is None or rho_bias == rho_a:
+        if rho_bias is None or getattr(self.modules_by_name[name], "bias", None) is None or rho_bias == rho_a:
             return rho_a
         diag = torch.full((like.shape[-1],), rho_a, dtype=like.dtype, device=like.device)
         diag[-1] = rho_bias
@@ -349,6 +387,9 @@ class KFAC(torch.optim.Optimizer):
         w = module.weight
         if group["weight_decay"]:
             w.mul_(1 - group["lr"] * group["weight_decay"])
+        if isinstance(module, nn.Embedding):   # the update is dim x vocab, the weight vocab x dim
+            w.add_(update.T.to(w.dtype), alpha=-group["lr"])
+            return
         w_update = update[:, : w[0].numel()] if module.bias is not None else update
         w.add_(w_update.reshape(w.shape).to(w.dtype), alpha=-group["lr"])
         if module.bias is not None:
@@ -388,7 +429,7 @@ def default_groups(model: nn.Module, modules_by_name: dict) -> list[dict]:
     """One group per preconditioned layer (its weight and bias), plus one for all other parameters."""
     groups, taken = [], set()
     for name, m in modules_by_name.items():
-        ps = [m.weight] + ([m.bias] if m.bias is not None else [])
+        ps = [p for p in (m.weight, getattr(m, "bias", None)) if p is not None]
         taken.update(id(p) for p in ps)
         groups.append({"params": ps, "layer": name})
     rest = [p for p in model.parameters() if id(p) not in taken and p.requires_grad]

@@ -141,7 +141,8 @@ class Shampoo(torch.optim.Optimizer):
 
     def _matrix_update(self, p, grad, st, k, eps):
         x = gout = None
-        if self.fast and id(p) in self._layer_of and self.capture.ready(self._layer_of[id(p)][0]):
+        if self.fast and id(p) in self._layer_of and not isinstance(self._layer_of[id(p)][1], nn.Embedding) \
+                and self.capture.ready(self._layer_of[id(p)][0]):
             name, module = self._layer_of[id(p)]
             xs = self.capture.x(name)[:, :-1] if module.bias is not None else self.capture.x(name)
             gout_rows = self.capture.gout(name)   # the bias is a separate tensor here: no ones column
