@@ -71,6 +71,13 @@ def rule(param: str, optimizer: str, root: float = 0.25) -> Rule:
 
     ``root`` is Shampoo's inverse-root exponent e (update L^-e G R^-e); muP-Shampoo's
     lr exponents are (2e - 1, 0, 1 - 2e), i.e. (-1/2, 0, 1/2) for the usual e = 1/4.
+    They come from a one-step, batch-of-one argument. With a batch of B the first step is
+    U diag(s (s^2 + eps)^(-2e)) V^T for G = U S V^T: at e = 1/4 every direction gets the same
+    step, at e = 1/2 the weak directions (the examples' differing activation masks, less and
+    less aligned with the readout as M grows) get the largest. Then the output's change falls
+    with width over widths up to about 16 B (width exponent -0.27 at B = 64 over
+    64...1024, -0.05 over 1024...8192): prefer e = 1/4, or at e = 1/2 ``eps_mode="relative"``
+    with eps 1e-2...0.1 (``scripts/exp_shampoo_root.py``).
     """
     param = check_choice("param", param, PARAMS)
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
