@@ -8,6 +8,12 @@
     python scripts/reproduce.py zero-readout   # K-FAC with a zero last layer vs muP
     python scripts/reproduce.py all
 
+The experiments that need more than a table each have their own script, run the same way:
+    python scripts/exp_zero_readout.py     # zero readout: the first step as kernel ridge regression, damping x batch
+    python scripts/exp_shampoo_root.py     # Shampoo at root 1/2 with a batch > 1
+    python scripts/exp_cnn.py              # CNN coordinate check and damping transfer; FOOF and MC Fisher
+    python scripts/exp_scale.py            # lr transfer to width 4096 on digits and mnist1d, 3 seeds
+
 Each writes <name>.csv (and the sweeps <name>.jsonl, resumable), <name>.md (the tables
 quoted in docs/results.md) and <name>.html (plotly, offline, sharing one plotly.min.js).
 ``--quick`` shrinks everything to a smoke test. Sized for 2 CPU cores: minutes per experiment.
