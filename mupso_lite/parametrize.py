@@ -134,11 +134,12 @@ def parametrize(model: nn.Module, base_model: nn.Module, param: str = "mup", del
         p.mup_role, p.mup_ratio = "vector", float(p.shape[0] / b.shape[0])
         ratios.append(p.mup_ratio)
     if not any(hasattr(m, "mup_role") for m in model.modules()):
-        raise ValueError("base_model: no weight layer of model differs in shape from base_model; build the "
-                         "base model at another width (or pass delta_model)")
-    if delta_model is base_model and all(r == 1.0 for r in ratios):
-        raise ValueError("model: it has the base model's width; pass delta_model (another width) so the "
-                         "growing dimensions can be told apart")
+        if delta_model is base_model:
+            raise ValueError("model: it has the base model's shapes everywhere (it is built at the base width); "
+                             "pass delta_model=the same architecture at another width, so the dimensions that "
+                             "grow can be told apart")
+        raise ValueError("delta_model: no weight layer differs in shape between base_model and delta_model; "
+                         "build delta_model at another width")
 
     # width bookkeeping for the tools that read one model width (make_optimizer, coord_check)
     widest = max(ratios)

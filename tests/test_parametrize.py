@@ -66,8 +66,10 @@ def test_delta_model_when_the_model_is_at_the_base_width():
     model = ml.parametrize(plain_mlp(64), plain_mlp(64), delta_model=plain_mlp(128))
     assert [m.mup_ratio for m in model if isinstance(m, nn.Linear)] == [1.0, 1.0, 1.0]
     assert [m.mup_role for m in model if isinstance(m, nn.Linear)] == ["input", "hidden", "output"]
-    with pytest.raises(ValueError, match="delta_model"):
+    with pytest.raises(ValueError, match="pass delta_model"):
         ml.parametrize(plain_mlp(64), plain_mlp(64))
+    with pytest.raises(ValueError, match="build delta_model at another width"):
+        ml.parametrize(plain_mlp(64), plain_mlp(64), delta_model=plain_mlp(64))
 
 
 @pytest.mark.parametrize("make, match", [
