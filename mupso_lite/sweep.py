@@ -30,7 +30,7 @@ MODEL_KEYS = {"model": "mlp", "width": 64, "base_width": 64, "depth": 3, "activa
               "sigma": 1.0, "zero_readout": False, "bias": False}
 OPTIM_KEYS = {"optimizer": "kfac", "param": "mup", "lr": 0.1, "damping": None}
 OPTIM_OPTIONS = ("damping_mode", "inverse_interval", "factor_interval", "ema_decay", "fisher",
-                 "eps_mode", "root", "grafting", "update_interval", "warmup", "momentum", "weight_decay")
+                 "eps_mode", "root", "grafting", "update_interval", "beta", "warmup", "momentum", "weight_decay")
 RUN_KEYS = {"dataset": "digits", "seed": 0, "steps": 100, "batch_size": 64}
 GRID_KEYS = tuple(MODEL_KEYS) + tuple(OPTIM_KEYS) + OPTIM_OPTIONS + tuple(RUN_KEYS)
 SECOND_ORDER = ("kfac", "foof", "shampoo")
