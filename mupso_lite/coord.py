@@ -11,7 +11,10 @@ slopes (blow-up). K-FAC with unscaled damping: negative slopes (features freeze)
 
 A layer with a bias gets a second row, layer "<name>.bias" with role "<role> bias": the rms
 change of the bias itself, rms(b(t) - b(0)), which is the bias's own part of that layer's
-feature change. A bias that freezes while its weight moves shows up there.
+feature change. A bias that freezes while its weight moves shows up there. Likewise each
+vector-like parameter that ``ml.parametrize`` marked (a LayerNorm or BatchNorm gain or shift that
+grows with the width; ``param.mup_role == "vector"``) gets a row of role "vector" under its own
+name: rms(p(t) - p(0)).
 """
 from __future__ import annotations
 
@@ -147,6 +150,8 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
             roles = {name: role for name, _, role in layer_roles(model)}
             biases = {name: (m.bias, m.bias.detach().clone()) for name, m, _ in layer_roles(model)
                       if getattr(m, "bias", None) is not None}
+            vectors = {name: (p, p.detach().clone()) for name, p in model.named_parameters()
+                       if getattr(p, "mup_role", None) == "vector"}
             opt = optimizer(model) if callable(optimizer) else \
                 make_optimizer(model, optimizer, lr=lr, damping=damping, param=param, **options)
             for rec in train(model, opt, data, steps=max(record_steps), batch_size=batch_size,
@@ -164,6 +169,10 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
                         rows.append(dict(width=width, seed=seed, step=rec["step"], layer=f"{layer}.bias",
                                          role=f"{roles[layer]} bias", output_change=rec["output_change"],
                                          feature_change=float((b.detach() - b0).pow(2).mean().sqrt())))
+                    for name, (p, p0) in vectors.items():   # rms(p(t) - p(0))
+                        rows.append(dict(width=width, seed=seed, step=rec["step"], layer=name, role="vector",
+                                         output_change=rec["output_change"],
+                                         feature_change=float((p.detach() - p0).pow(2).mean().sqrt())))
             release_hooks(opt)
     frame = pd.DataFrame(rows, columns=["width", "seed", "step", "layer", "role", "feature_change",
                                         "output_change"])

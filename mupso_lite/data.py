@@ -3,6 +3,8 @@
 Built in: sklearn's ``digits``, a synthetic ``teacher`` task and ``mnist1d`` (generated
 locally). MNIST, Fashion-MNIST (IDX files) and CIFAR-10 (python pickles, read with a
 restricted unpickler) load from folders the user already has; nothing is downloaded.
+``text`` is a character-level corpus for next-character prediction, built from text that
+ships with Python (token ids instead of floats, one label per position).
 """
 from __future__ import annotations
 
@@ -26,7 +28,12 @@ TASKS = ("classification", "regression")
 
 @dataclass(repr=False)
 class Dataset:
-    """Train/test tensors: x float32 (n, d_in); y int64 (n,) labels or float32 (n, d_out)."""
+    """Train/test tensors: x float32 (n, d_in); y int64 (n,) labels or float32 (n, d_out).
+
+    Sequences (``text``): x int64 (n, T) token ids, y int64 (n, T) the label of every position
+    (the next token), task "classification", d_in = T, d_out = the vocabulary size. The loss
+    is the mean over examples of the mean over positions.
+    """
 
     name: str
     x_train: torch.Tensor
@@ -136,6 +143,54 @@ def mnist1d(seed: int = 0, num_samples: int = 5000, train_split: float = 0.8) ->
         random.setstate(py_state)
         np.random.set_state(np_state)
     return _classification("mnist1d", data["x"], data["y"], data["x_test"], data["y_test"], 10)
+
+
+# ---------------------------------------------------------------- text that ships with Python
+# Modules whose docstrings are long English prose; the corpus is the Zen of Python followed by these.
+TEXT_MODULES = ("re", "json", "argparse", "csv", "statistics", "heapq", "copy", "sched", "itertools",
+                "collections", "random", "inspect", "subprocess", "doctest", "typing", "difflib", "pdb")
+VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))   # 96 characters: newline and printable ASCII
+
+
+def corpus() -> str:
+    """The Zen of Python (``this``) and the docstrings of ``TEXT_MODULES``, joined by blank lines;
+    tabs become spaces and any character outside ``VOCAB`` becomes "?". The same text on every
+    run of one Python version (docstrings can change between versions)."""
+    import codecs
+    import contextlib
+    import importlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):   # importing ``this`` prints the Zen
+        this = importlib.import_module("this")
+    parts = [codecs.decode(this.s, "rot13")] + [importlib.import_module(m).__doc__ or "" for m in TEXT_MODULES]
+    text = "\n\n".join(p.strip() for p in parts).replace("\t", "    ")
+    return "".join(c if c in VOCAB else "?" for c in text)
+
+
+def text(block: int = 32, stride: int | None = None, test_fraction: float = 0.1) -> Dataset:
+    """Next-character prediction on ``corpus()``: windows of ``block`` characters.
+
+    x[i] = ids[s_i : s_i + block], y[i] = ids[s_i + 1 : s_i + block + 1] (int64, ids index
+    ``VOCAB``), with starts s_i every ``stride`` characters (default ``block``: each character is
+    predicted once per epoch). The last ``test_fraction`` of the text is the test split.
+    """
+    _check_int("block", block)
+    stride = _check_int("stride", block if stride is None else stride)
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+    ids = torch.tensor([VOCAB.index(c) for c in corpus()], dtype=torch.int64)
+    cut = int(len(ids) * (1 - test_fraction))
+
+    def windows(part):
+        if len(part) <= block:
+            raise ValueError(f"block: expected fewer characters than the split's {len(part)}, got {block}")
+        starts = torch.arange(0, len(part) - block, stride)
+        idx = starts[:, None] + torch.arange(block + 1)
+        return part[idx[:, :-1]], part[idx[:, 1:]]
+
+    (xtr, ytr), (xte, yte) = windows(ids[:cut]), windows(ids[cut:])
+    return Dataset("text", xtr, ytr, xte, yte, "classification", block, len(VOCAB), None)
 
 
 # ---------------------------------------------------------------- MNIST-style IDX files
@@ -332,7 +387,8 @@ _LOADERS = {
 
 
 def available() -> list[str]:
-    """Names ``load`` accepts (mnist, fashion_mnist and cifar10 need a ``path``)."""
+    """Names ``load`` accepts (mnist, fashion_mnist and cifar10 need a ``path``; ``text`` is
+    called directly: ``ml.datasets.text(block=32)``)."""
     return list(_LOADERS)
 
 

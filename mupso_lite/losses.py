@@ -12,7 +12,10 @@ LOSSES = ("cross_entropy", "mse")
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """mean_i -log softmax(f_i)[y_i]."""
+    """mean_i -log softmax(f_i)[y_i]. Sequences (outputs (n, T, C), targets (n, T)): the mean over
+    all n T positions, i.e. the mean over examples of each example's mean over its positions."""
+    if outputs.dim() > 2:
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
     return F.cross_entropy(outputs, targets)
 
 
@@ -31,9 +34,11 @@ def loss_function(name: str):
 @torch.no_grad()
 def sample_targets(outputs: torch.Tensor, loss: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """Targets drawn from the model's own predictive distribution: y ~ softmax(f) for
-    cross-entropy, y ~ N(f, I) for the squared loss."""
+    cross-entropy (over the last dimension: one label per position of a sequence), y ~ N(f, I)
+    for the squared loss."""
     if loss == "cross_entropy":
-        probs = torch.softmax(outputs.detach().float(), dim=1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        probs = torch.softmax(outputs.detach().float(), dim=-1)
+        flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+        return flat.reshape(probs.shape[:-1])
     noise = torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype, device="cpu")
     return outputs.detach() + noise.to(outputs.device)

@@ -76,7 +76,9 @@ class FeatureProbe:
 def check_training_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, data) -> None:
     """Raise a clear error, before any work, when model, optimizer and data do not fit together:
     empty or non-finite data, labels that do not match the inputs, an optimizer built for
-    another model, or a model whose input/output size differs from the data's d_in/d_out."""
+    another model, or a model whose input/output size differs from the data's d_in/d_out.
+    Token sequences (``is_tokens``: int64 x of shape (n, T) with one label per position) are
+    accepted as inputs too."""
     layer_roles(model)  # a model without roles
     x, y = data.x_train, data.y_train
     for arg, t in (("data.x_train", x), ("data.y_train", y)):
@@ -86,13 +88,17 @@ def check_training_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, da
         raise ValueError(f"data.x_train: expected a non-empty (n, d_in) tensor, got shape {tuple(x.shape)}")
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"data.y_train: expected {x.shape[0]} targets (one per input), got {y.shape[0]}")
-    if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
-        raise ValueError("data.x_train: expected finite floating-point inputs, got "
+    tokens = is_tokens(data)
+    if tokens and int(x.min()) < 0:
+        raise ValueError(f"data.x_train: expected token ids >= 0, got {int(x.min())}")
+    if not tokens and (not x.is_floating_point() or not bool(torch.isfinite(x).all())):
+        raise ValueError("data.x_train: expected finite floating-point inputs (or int64 token ids of shape "
+                         "(n, T) with one label per token), got "
                          f"{'non-finite values (NaN or Inf)' if x.is_floating_point() else x.dtype}")
     if data.task == "classification":
-        if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.dim() != 1:
-            raise TypeError(f"data.y_train: expected integer class labels of shape (n,) for classification, "
-                            f"got {y.dtype} of shape {tuple(y.shape)}")
+        if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or (y.dim() != 1 and not tokens):
+            raise TypeError(f"data.y_train: expected integer class labels of shape (n,) for classification "
+                            f"(or (n, T) for token inputs), got {y.dtype} of shape {tuple(y.shape)}")
         if int(y.min()) < 0 or int(y.max()) >= data.d_out:
             raise ValueError(f"data.y_train: expected labels in 0..{data.d_out - 1} (d_out={data.d_out}), "
                              f"got labels in {int(y.min())}..{int(y.max())}")
@@ -109,8 +115,8 @@ def check_training_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, da
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x[:2].to(p.device, p.dtype))
-    except RuntimeError as e:
+            out = model(_inputs(x[:2], p.device, p.dtype))
+    except (RuntimeError, IndexError) as e:
         raise ValueError(f"data: its inputs (d_in={data.d_in}, shape {tuple(x.shape[1:])}) do not fit the "
                          f"model's input layer ({str(e).splitlines()[0]})") from None
     finally:
@@ -119,6 +125,18 @@ def check_training_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, da
     if out.shape[-1] != want:
         raise ValueError(f"data: expected a model with {want} outputs (d_out of {data.name!r}), "
                          f"got a model with {out.shape[-1]}")
+
+
+def is_tokens(data) -> bool:
+    """Token sequences: int64 inputs (n, T) with integer labels of the same shape (one per position)."""
+    x, y = data.x_train, data.y_train
+    return (data.task == "classification" and x.dtype == torch.int64 and x.dim() == 2
+            and tuple(y.shape) == tuple(x.shape) and not y.is_floating_point())
+
+
+def _inputs(x: torch.Tensor, device, dtype) -> torch.Tensor:
+    """Inputs on ``device``: floats in the model's dtype, token ids kept as integers."""
+    return x.to(device, dtype) if x.is_floating_point() else x.to(device)
 
 
 def _resolve_data(data):
@@ -169,7 +187,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", ste
     loss_name = "cross_entropy" if data.task == "classification" else "mse"
     loss_fn = loss_function(loss_name)
     classify = data.task == "classification"
-    x_all, y_all = data.x_train.to(dev, dtype), data.y_train.to(dev)
+    x_all, y_all = _inputs(data.x_train, dev, dtype), data.y_train.to(dev)
     if not classify:
         y_all = y_all.to(dtype)
     n = x_all.shape[0]
@@ -206,7 +224,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", ste
         loss.backward()
         optimizer.step()
         if classify:
-            record["accuracy"] = float((out.argmax(1) == y).float().mean())
+            record["accuracy"] = float((out.argmax(-1) == y).float().mean())
         record["feature_change"], record["output_change"] = probe.change()
         if not all(map(math.isfinite, [record["output_change"], *record["feature_change"].values()])):
             record.update(diverged=True, message=f"diverged at step {step}: a feature change is not finite",
@@ -227,15 +245,15 @@ def evaluate(model: nn.Module, data, loss_fn=None, device=None, dtype=None) -> d
     classify = data.task == "classification"
     loss_fn = loss_fn or loss_function("cross_entropy" if classify else "mse")
     p = next(model.parameters())
-    x = data.x_test.to(device or p.device, dtype or p.dtype)
+    x = _inputs(data.x_test, device or p.device, dtype or p.dtype)
     y = data.y_test.to(x.device)
     was_training = model.training
     model.eval()
     out = model(x)
     model.train(was_training)
-    res = {"test_loss": float(loss_fn(out, y if classify else y.to(x.dtype)))}
+    res = {"test_loss": float(loss_fn(out, y if classify else y.to(out.dtype)))}
     if classify:
-        res["test_accuracy"] = float((out.argmax(1) == y).float().mean())
+        res["test_accuracy"] = float((out.argmax(-1) == y).float().mean())
     return res
 
 
