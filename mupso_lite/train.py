@@ -113,9 +113,12 @@ def check_training_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, da
     p = next(model.parameters())
     was_training = model.training
     model.eval()
+    probe = x[:2]
+    if tokens:   # also the window holding the largest token id: an id past the embedding's size fails here
+        probe = x[torch.unique(torch.stack([torch.tensor(0), x.amax(1).argmax()]))]
     try:
         with torch.no_grad():
-            out = model(_inputs(x[:2], p.device, p.dtype))
+            out = model(_inputs(probe, p.device, p.dtype))
     except (RuntimeError, IndexError) as e:
         raise ValueError(f"data: its inputs (d_in={data.d_in}, shape {tuple(x.shape[1:])}) do not fit the "
                          f"model's input layer ({str(e).splitlines()[0]})") from None

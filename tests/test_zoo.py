@@ -120,3 +120,26 @@ def test_coord_check_of_the_transformer_at_step_one():
     assert abs(mup["input"]) < 0.2 and abs(mup["hidden"]) < 0.2 and mup["output"] > -0.4, mup
     assert sp["input"] < -0.3 and sp["hidden"] < -0.25, sp
     assert mup["input"] - sp["input"] > 0.3 and mup["hidden"] - sp["hidden"] > 0.2, (mup, sp)
+
+
+def test_hostile_token_data_fails_before_training():
+    """Token ids past the embedding (in any window, not just the first) or below zero, and labels past
+    the vocabulary, are refused before the first step, naming the argument."""
+    model = zoo.build(gpt, 64, 32)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = ml.make_optimizer(model, "kfac", lr=0.1)
+    x, y = TEXT.x_train.clone(), TEXT.y_train.clone()
+    x[-1, 3] = 96   # one id past the vocabulary, in the last window
+    bad = ml.datasets.Dataset("text", x, y, TEXT.x_test, TEXT.y_test, "classification", 16, 96)
+    with pytest.raises(ValueError, match="data: its inputs"):
+        ml.run(model, opt, bad, steps=2, device="cpu")
+    x[-1, 3] = -1
+    with pytest.raises(ValueError, match="token ids >= 0"):
+        ml.run(model, opt, ml.datasets.Dataset("text", x, y, TEXT.x_test, TEXT.y_test, "classification", 16, 96),
+               steps=2, device="cpu")
+    y2 = TEXT.y_train.clone()
+    y2[5, 0] = 200
+    with pytest.raises(ValueError, match="data.y_train: expected labels in 0..95"):
+        ml.run(model, opt, ml.datasets.Dataset("text", TEXT.x_train, y2, TEXT.x_test, TEXT.y_test,
+                                               "classification", 16, 96), steps=2, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))   # no update happened
