@@ -1,0 +1,305 @@
+"""Your own model: muP for architectures beyond the MLP, with roles read from shapes by ml.parametrize.
+
+    python scripts/exp_your_model.py [--quick] [--part coord|readout|lr|all] [--steps 100]
+
+Every model is a plain torch module of ``mupso_lite.zoo``, built twice (at the width M and at
+the base width M0) and parametrized with ``ml.parametrize(model, base, param)``.
+
+coord  coordinate checks: ResidualMLP (digits, 2 residual blocks, base width 64, widths
+       64..1024, batch 64), ResNetCNN (digits 8x8, 2 residual blocks with BatchNorm, base 16
+       channels, widths 16..128, batch 64) and TinyGPT (characters of ml.datasets.text, 2 layers,
+       4 heads, base width 64, widths 64..512, batch 32 windows of 32 characters; muP attention
+       logits q.k * 4/d_head, SP q.k / sqrt(d_head)). SGD lr 0.5, K-FAC lr 0.1 rho 0.1 (table
+       damping, inverse every step), Shampoo lr 0.1 eps 1e-4; SP vs muP; seeds 0, 1. Width
+       exponent = slope of log(rms change) against log(width), per layer after steps 1, 3, 10,
+       averaged per role (bias rows: rms(b(t) - b(0)); "vector": the LayerNorm / BatchNorm
+       gains and shifts, rms(p(t) - p(0)); f: the network output)
+       -> your_model_coord.{md,csv,html}
+readout  muP-SGD's first step on each model, the readout's change split into dW x(0) + W(0) dx + ...
+       (why the output's step-1 slope is negative at small widths) -> your_model_readout.{md,csv}
+lr     learning-rate transfer on the ResidualMLP (digits, ``--steps`` steps, batch 64, seeds 0, 1):
+       K-FAC (rho 0.1) and Shampoo (eps 1e-4) over a half-decade lr grid at width 64, where SP
+       and muP are the same model; then the lr tuned there and its two neighbours at widths 256
+       and 1024, SP vs muP. Metric: the loss on the whole training set after the last step
+       -> your_model_lr.{md,csv,jsonl}
+
+Wall times are for one thread on a shared 2-core machine; the CPU time of this process is printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+import mupso_lite as ml
+from mupso_lite import zoo
+from mupso_lite.coord import exponents_of
+from mupso_lite.plots import coord_check_figure
+from reproduce import md, widths, write
+
+OPTIMIZERS = {"sgd": (0.5, None), "kfac": (0.1, 0.1), "shampoo": (0.1, 1e-4)}   # lr, damping / eps
+RUNS = [(param, opt, *OPTIMIZERS[opt]) for opt in OPTIMIZERS for param in ("sp", "mup")]
+ROLES = ["input", "hidden", "output", "input bias", "hidden bias", "output bias", "vector", "f"]
+
+
+def plain_mlp(act):
+    """A control: Linear -> act -> Linear -> act -> Linear, with biases, on digits."""
+    return lambda w, param: nn.Sequential(nn.Linear(64, w), act(), nn.Linear(w, w), act(), nn.Linear(w, 10))
+
+
+MODELS = {   # make(width, param) -> a plain torch model; runs: (param, optimizer, lr, damping)
+    "ResidualMLP": dict(make=lambda w, param: zoo.ResidualMLP(64, 10, w, depth=2), data="digits", base=64,
+                        widths=[64, 128, 256, 512, 1024], batch=64, runs=RUNS),
+    "ResNetCNN": dict(make=lambda w, param: zoo.ResNetCNN((1, 8, 8), 10, w), data="digits", base=16,
+                      widths=[16, 32, 64, 128], batch=64, runs=RUNS),
+    "TinyGPT": dict(make=lambda w, param: zoo.TinyGPT(96, w, attention=param), data="text", base=64,
+                    widths=[64, 128, 256, 512], batch=32, runs=RUNS + [("mup", "kfac", 0.03, 0.1)]),
+    # K-FAC's bias rows with centred (tanh) and uncentred (relu) layer inputs
+    "MLP tanh": dict(make=plain_mlp(nn.Tanh), data="digits", base=64, widths=[64, 128, 256, 512, 1024], batch=64,
+                     runs=[("mup", "kfac", 0.1, 0.1)]),
+    "MLP relu": dict(make=plain_mlp(nn.ReLU), data="digits", base=64, widths=[64, 128, 256, 512, 1024], batch=64,
+                     runs=[("mup", "kfac", 0.1, 0.1)]),
+}
+LR_MODEL, LR_WIDTHS, LR_BASE = "ResidualMLP", [256, 1024], 64
+LR_GRID = [0.01, 0.0316, 0.1, 0.316, 1.0]        # half a decade apart
+
+
+def dataset(name):
+    return ml.datasets.text(block=32) if name == "text" else ml.datasets.load(name)
+
+
+def model_fn(spec, param):
+    """width, seed -> the spec's model at that width, parametrized against its base width."""
+    return lambda width, seed=0: zoo.build(lambda w: spec["make"](w, param), width, spec["base"], param, seed)
+
+
+# ---------------------------------------------------------------- coordinate checks
+def coord(args):
+    steps, seeds = ((1, 3), (0,)) if args.quick else ((1, 3, 10), (0, 1))
+    frames, texts, fig = [], [], None
+    for name, spec in MODELS.items():
+        data, ws = dataset(spec["data"]), widths(args, spec["widths"])
+        for param, opt, lr, damping in spec["runs"]:
+            t = time.perf_counter()
+            cc = ml.coord_check(model_fn(spec, param), opt, param, widths=ws, steps=steps, seeds=seeds,
+                                data=data, lr=lr, damping=damping, batch_size=spec["batch"], device="cpu",
+                                **({"inverse_interval": 1} if opt == "kfac" else {}))
+            run = f"{param}/{opt}" + ("" if lr == OPTIMIZERS[opt][0] else f" lr={lr:g}")
+            frames.append(cc.frame.assign(model=name, run=run))
+            if (name, run) == ("TinyGPT", "mup/kfac"):
+                fig = coord_check_figure(cc.frame, 0.0, title=f"TinyGPT on text, coordinate check: muP K-FAC, "
+                                                              f"lr {lr}, rho {damping}")
+            print(f"{name} {run}: {time.perf_counter() - t:.0f}s; {cc.verdict(max(steps))}", flush=True)
+        frame = pd.concat(frames, ignore_index=True)
+        texts.append(model_text(name, spec, frame[frame.model == name], ws, seeds))
+        write(args, "your_model_coord", "\n\n".join(texts), fig, frame)   # after each model: partial results
+
+
+def role_table(frame, n_runs):
+    """One row per run and step: the width exponent averaged over the layers of each role, the
+    largest change, and how many of the ``n_runs`` (width, seed) runs stopped before that step."""
+    rows = []
+    for run, sub in frame.groupby("run", sort=False):
+        ex = exponents_of(sub)
+        for step in sorted(sub.step.unique()):
+            s = ex[ex.step == step].groupby("role")["slope"].mean()
+            at = sub[sub.step == step]
+            rows.append({"run": run, "step": int(step), **{r: float(s.get(r, np.nan)) for r in ROLES},
+                         "max change": f"{at.feature_change.max():.3g}",
+                         "diverged": n_runs - len(at.drop_duplicates(["width", "seed"]))})
+    return pd.DataFrame(rows).dropna(axis=1, how="all")
+
+
+def kind(layer: str) -> str:
+    """A layer's name without its block index: blocks.1.attn.q -> attn.q."""
+    return re.sub(r"^blocks\.\d+\.", "", layer)
+
+
+def kind_table(frame, param="mup", steps=(1, 10)):
+    """muP width exponent per kind of layer (averaged over blocks), one column per optimizer and step."""
+    cols = {}
+    for run, sub in frame[frame.run.str.startswith(param + "/")].groupby("run", sort=False):
+        ex = exponents_of(sub).assign(kind=lambda d: d.layer.map(kind))
+        for step in steps:
+            at = ex[ex.step == step]
+            cols[f"{run.split('/')[1]} step {step}"] = at.groupby("kind", sort=False)["slope"].mean()
+    return pd.DataFrame(cols).rename_axis("layer").reset_index()
+
+
+def width_table(frame, kinds, step):
+    """Mean over seeds and blocks of the rms change per width, for the named kinds of layer."""
+    sub = frame[(frame.step == step) & frame.layer.map(kind).isin(kinds)].assign(layer=lambda d: d.layer.map(kind))
+    t = sub.groupby(["run", "layer", "width"], sort=False)["feature_change"].mean().unstack("width")
+    t.columns = [str(c) for c in t.columns]
+    return md(t.reset_index(), "{:.3g}")
+
+
+def model_text(name, spec, frame, ws, seeds):
+    step = int(frame.step.max())
+    probe = {"ResidualMLP": ["fc1", "readout", "norm.weight"], "ResNetCNN": ["conv1", "readout", "bn1.weight"],
+             "TinyGPT": ["pos", "attn.q", "proj", "readout"]}.get(name, ["2", "2.bias", "4.bias"])  # see ``kind``
+    return (f"### {name}\n\n{name} on {spec['data']}, base width {spec['base']}, widths {ws}, batch "
+            f"{spec['batch']}, seeds {list(seeds)}. Width exponent per role (mean over that role's layers):\n\n"
+            + md(role_table(frame, len(ws) * len(seeds)))
+            + f"\n\nmuP width exponent per kind of layer (mean over blocks):\n\n" + md(kind_table(frame, steps=(1, step)))
+            + f"\n\nrms change after step {step} per width (mean over seeds and blocks):\n\n"
+            + width_table(frame, probe, step))
+
+
+# ---------------------------------------------------------------- the readout's first step
+def readout(args):
+    """muP-SGD's first step (as in ``coord``) split into the parts of the readout's change on the probe
+    batch: f(1) - f(0) = dW x(0) + W(0) dx + dW dx + db, with x the readout's input. The muP table
+    makes each part Theta(1) as M -> infinity; this shows which part carries a negative slope at
+    the finite widths of the coordinate check."""
+    seeds, rows = ((0,) if args.quick else (0, 1)), []
+    rms = lambda t: float(t.pow(2).mean().sqrt())   # noqa: E731
+    for name in ("ResidualMLP", "ResNetCNN", "TinyGPT"):
+        spec = MODELS[name]
+        data, (lr, _) = dataset(spec["data"]), OPTIMIZERS["sgd"]
+        for width in widths(args, spec["widths"]):
+            for seed in seeds:
+                model = model_fn(spec, "mup")(width, seed)
+                store = {}
+                hook = model.readout.register_forward_hook(lambda m, i, o: store.__setitem__("x", i[0].detach()))
+                x = data.x_train[:64]
+                model.eval()
+                f0, x0 = model(x).detach(), store["x"]
+                w0, b0 = model.readout.weight.detach().clone(), model.readout.bias.detach().clone()
+                ml.run(model, ml.make_optimizer(model, "sgd", lr=lr), data, 1, batch_size=spec["batch"], seed=seed,
+                       device="cpu")
+                model.eval()
+                f1, dx = model(x).detach(), store["x"] - x0
+                hook.remove()
+                dw, db = model.readout.weight.detach() - w0, model.readout.bias.detach() - b0
+                rows.append({"model": name, "width": width, "seed": seed, "f(1) - f(0)": rms(f1 - f0),
+                             "dW x(0)": rms(x0 @ dw.T), "W(0) dx": rms(dx @ w0.T), "dW dx": rms(dx @ dw.T),
+                             "db": float(db.abs().max())})
+    df = pd.DataFrame(rows)
+    parts = ["f(1) - f(0)", "dW x(0)", "W(0) dx", "dW dx", "db"]
+    mean = df.groupby(["model", "width"], sort=False)[parts].mean()
+    slopes = pd.DataFrame({m: {c: ml.fit_slope(g.index.get_level_values("width"), g[c]) for c in parts[:3]}
+                           for m, g in mean.groupby(level="model", sort=False)}).T
+    text = (f"muP-SGD (lr {lr}), first step, rms over the probe batch (the first 64 training examples) of each "
+            f"part of the readout's change, mean over seeds {list(seeds)} (db: largest entry):\n\n"
+            + md(mean.reset_index(), "{:.4f}") + "\n\nWidth exponent of each part:\n\n"
+            + md(slopes.rename_axis("model").reset_index()))
+    write(args, "your_model_readout", text, None, df)
+
+
+# ---------------------------------------------------------------- lr transfer
+def lr_run(spec, data, opt, param, width, lr, damping, seed, steps):
+    """Train one model; the loss on the whole training set after the last step (inf if diverged)."""
+    model = model_fn(spec, param)(width, seed)
+    recs = ml.run(model, ml.make_optimizer(model, opt, lr=lr, damping=damping), data, steps,
+                  batch_size=spec["batch"], seed=seed, device="cpu")
+    train = dataclasses.replace(data, x_test=data.x_train, y_test=data.y_train)
+    ok = not recs[-1]["diverged"]
+    return {"train_loss": ml.evaluate(model, train)["test_loss"] if ok else math.inf,
+            "test_accuracy": recs[-1].get("test_accuracy", math.nan) if ok else math.nan,
+            "status": "ok" if ok else "diverged", "steps_run": len(recs)}
+
+
+def lr_transfer(args):
+    spec = MODELS[LR_MODEL]
+    data, seeds = dataset(spec["data"]), [0] if args.quick else [0, 1]
+    path = Path(args.out) / "your_model_lr.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["optimizer"], r["param"], r["width"], r["lr"], r["seed"], r["steps"])] = r
+
+    def runs(opt, params, width, lrs):
+        for lr in lrs:
+            for param in params:
+                for seed in seeds:
+                    key = (opt, param, width, lr, seed, args.steps)
+                    if key not in done:
+                        t = time.perf_counter()
+                        done[key] = dict(zip(["optimizer", "param", "width", "lr", "seed", "steps"], key),
+                                         **lr_run(spec, data, opt, param, width, lr, OPTIMIZERS[opt][1], seed,
+                                                  args.steps), seconds=round(time.perf_counter() - t, 1))
+                        with path.open("a") as f:
+                            f.write(json.dumps(done[key]) + "\n")
+                        print(done[key], flush=True)
+
+    grid = LR_GRID[1:4] if args.quick else LR_GRID
+    tuned = {}
+    for opt in ("kfac", "shampoo"):
+        runs(opt, ["mup"], LR_BASE, grid)   # SP == muP at the base width
+        base = pd.DataFrame([r for k, r in done.items() if k[0] == opt and k[2] == LR_BASE and k[5] == args.steps])
+        loss = base.groupby("lr")["train_loss"].mean()
+        tuned[opt] = float(loss.idxmin())
+        i = LR_GRID.index(tuned[opt])
+        for width in LR_WIDTHS[:1] if args.quick else LR_WIDTHS:
+            runs(opt, ["sp", "mup"], width, LR_GRID[max(i - 1, 0): i + 2])
+    df = pd.DataFrame([r for k, r in done.items() if k[5] == args.steps])
+    df = pd.concat([df, df[df.width == LR_BASE].assign(param="sp")], ignore_index=True)   # the same model
+    write(args, "your_model_lr", lr_text(df, tuned, seeds, args.steps), None, df)
+
+
+def lr_text(df, tuned, seeds, steps):
+    mean = df.groupby(["optimizer", "param", "width", "lr"])["train_loss"].mean()
+    ws = sorted(df.width.unique())
+    rows = []
+    for opt in ("kfac", "shampoo"):
+        for lr in sorted(df[df.optimizer == opt].lr.unique()):
+            row = {"optimizer": opt, "lr": f"{lr:g}" + (" (tuned at 64)" if lr == tuned[opt] else "")}
+            for param in ("sp", "mup"):
+                for w in ws:
+                    v = mean.get((opt, param, w, lr))
+                    row[f"{param} {w}"] = "-" if v is None else f"{v:.4f}"
+            rows.append(row)
+    best = mean.groupby(["optimizer", "param", "width"]).idxmin().map(lambda k: f"{k[-1]:g}").unstack("width")
+    best.columns = [str(c) for c in best.columns]
+    acc = df.groupby(["optimizer", "param", "width", "lr"])["test_accuracy"].mean()
+    at_tuned = pd.DataFrame({f"{p} {w}": [acc.get((o, p, w, tuned[o]), math.nan) for o in ("kfac", "shampoo")]
+                             for p in ("sp", "mup") for w in ws}, index=["kfac", "shampoo"])
+    return (f"{LR_MODEL} (2 residual blocks) on digits, base width {LR_BASE}, {steps} steps, batch 64, seeds "
+            f"{seeds}; K-FAC rho {OPTIMIZERS['kfac'][1]}, Shampoo eps {OPTIMIZERS['shampoo'][1]}. Loss on the whole "
+            f"training set after the last step (mean over seeds; inf: a seed diverged), per lr and width:\n\n"
+            + md(pd.DataFrame(rows)) + "\n\nBest lr of each row (lowest mean loss; wide widths ran the lr tuned "
+            f"at {LR_BASE} and its two neighbours):\n\n" + md(best.reset_index())
+            + "\n\nTest accuracy at the lr tuned at width 64 (mean over seeds):\n\n"
+            + md(at_tuned.rename_axis("optimizer").reset_index(), "{:.3f}"))
+
+
+PARTS = {"coord": coord, "readout": readout, "lr": lr_transfer}
+
+
+def run(args):
+    t0, c0 = time.perf_counter(), time.process_time()
+    if getattr(args, "steps", None) is None:
+        args.steps = 20 if args.quick else 100
+    part = getattr(args, "part", "all")
+    for name in (list(PARTS) if part == "all" else [part]):
+        t, c = time.perf_counter(), time.process_time()
+        PARTS[name](args)
+        print(f"== {name}: wall {time.perf_counter() - t:.0f}s, cpu {time.process_time() - c:.0f}s", flush=True)
+    print(f"== exp_your_model total: wall {time.perf_counter() - t0:.0f}s, cpu {time.process_time() - c0:.0f}s",
+          flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", default="all", choices=[*PARTS, "all"])
+    p.add_argument("--out", default="docs/results")
+    p.add_argument("--steps", type=int, default=None, help="training steps of each lr-transfer run (100; --quick: 20)")
+    p.add_argument("--executor", default="serial", help="unused: every run is serial, on the CPU")
+    p.add_argument("--workers", type=int, default=1, help="unused")
+    p.add_argument("--quick", action="store_true", help="a smoke test: fewer widths, seeds, steps, lrs")
+    run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
