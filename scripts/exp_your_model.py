@@ -1,6 +1,6 @@
 """Your own model: muP for architectures beyond the MLP, with roles read from shapes by ml.parametrize.
 
-    python scripts/exp_your_model.py [--quick] [--part coord|readout|lr|all] [--steps 100]
+    python scripts/exp_your_model.py [--quick] [--part coord|readout|growth|lr|all] [--steps 100]
 
 Every model is a plain torch module of ``mupso_lite.zoo``, built twice (at the width M and at
 the base width M0) and parametrized with ``ml.parametrize(model, base, param)``.
@@ -17,6 +17,9 @@ coord  coordinate checks: ResidualMLP (digits, 2 residual blocks, base width 64,
        -> your_model_coord.{md,csv,html}
 readout  muP-SGD's first step on each model, the readout's change split into dW x(0) + W(0) dx + ...
        (why the output's step-1 slope is negative at small widths) -> your_model_readout.{md,csv}
+growth   muP-K-FAC for 10 steps on variants of the residual MLP (with and without LayerNorm and the
+       residual additions, LayerNorm frozen, lr 0.03): what makes the hidden layers' change grow with
+       width after the first step -> your_model_growth.{md,csv}
 lr     learning-rate transfer on the ResidualMLP (digits, ``--steps`` steps, batch 64, seeds 0, 1):
        K-FAC (rho 0.1) and Shampoo (eps 1e-4) over a half-decade lr grid at width 64, where SP
        and muP are the same model; then the lr tuned there and its two neighbours at widths 256
@@ -195,6 +198,66 @@ def readout(args):
     write(args, "your_model_readout", text, None, df)
 
 
+# ---------------------------------------------------------------- K-FAC beyond the first step
+class ResidualVariant(nn.Module):
+    """``zoo.ResidualMLP`` (2 blocks) with its LayerNorms (``ln``) and residual additions (``res``)
+    optional: without both it is embed -> (fc1 -> relu -> fc2) x 2 -> readout, a relu chain in which
+    two linear maps meet between blocks."""
+
+    def __init__(self, width, ln=True, res=True):
+        super().__init__()
+        norm = (lambda: nn.LayerNorm(width)) if ln else nn.Identity   # noqa: E731
+        self.res, self.embed, self.norm = res, nn.Linear(64, width), norm()
+        self.blocks = nn.ModuleList(nn.ModuleDict({"norm": norm(), "fc1": nn.Linear(width, width),
+                                                   "fc2": nn.Linear(width, width)}) for _ in range(2))
+        self.readout = nn.Linear(width, 10)
+
+    def forward(self, x):
+        h = self.embed(x.flatten(1))
+        for b in self.blocks:
+            u = b["fc2"](b["fc1"](b["norm"](h)).relu())
+            h = h + u if self.res else u
+        return self.readout(self.norm(h))
+
+
+GROWTH = [   # name, make(width), lr, freeze the LayerNorm parameters
+    ("LayerNorm + residual (= ResidualMLP)", lambda w: ResidualVariant(w), 0.1, False),
+    ("LayerNorm + residual, LayerNorm frozen", lambda w: ResidualVariant(w), 0.1, True),
+    ("residual, no LayerNorm", lambda w: ResidualVariant(w, ln=False), 0.1, False),
+    ("LayerNorm, no residual", lambda w: ResidualVariant(w, res=False), 0.1, False),
+    ("neither", lambda w: ResidualVariant(w, ln=False, res=False), 0.1, False),
+    ("LayerNorm + residual, lr 0.03", lambda w: ResidualVariant(w), 0.03, False),
+]
+
+
+def growth(args):
+    """muP-K-FAC (rho 0.1, inverses every step) for 10 steps on variants of the residual MLP: which
+    part of the model, or the lr, makes the hidden layers' change grow with width after step 1."""
+    seeds, ws = ((0,) if args.quick else (0, 1)), widths(args, [64, 128, 256, 512, 1024])
+    rows = []
+    for name, make, lr, freeze in GROWTH:
+        def optimizer(model, lr=lr, freeze=freeze):
+            opt = ml.make_optimizer(model, "kfac", lr=lr, damping=0.1, inverse_interval=1)
+            for g in opt.param_groups:
+                if freeze and g.get("layer") is None:   # the group of vector-like parameters (LayerNorm)
+                    g["lr"] = 0.0
+            return opt
+        cc = ml.coord_check(lambda w, seed=0, make=make: zoo.build(make, w, 64, "mup", seed), optimizer, "mup",
+                            widths=ws, steps=(1, 3, 10), seeds=seeds, data="digits", batch_size=64, device="cpu")
+        for step in (1, 3, 10):
+            s = cc.slopes_by_role(step)
+            rows.append({"model": name, "lr": f"{lr:g}", "step": step,
+                         **{r: s[r] for r in ("input", "hidden", "output")}})
+        print(f"{name}: {cc.verdict(10)}", flush=True)
+    df = pd.DataFrame(rows)
+    table = df.pivot_table(index=["model", "lr"], columns="step", values=["input", "hidden", "output"], sort=False)
+    table.columns = [f"{role} step {step}" for role, step in table.columns]
+    text = (f"muP-K-FAC (rho 0.1, inverses every step) on variants of the residual MLP, digits, batch 64, widths "
+            f"{ws}, seeds {list(seeds)}; width exponent per role after steps 1, 3 and 10:\n\n"
+            + md(table.reset_index()))
+    write(args, "your_model_growth", text, None, df)
+
+
 # ---------------------------------------------------------------- lr transfer
 def lr_run(spec, data, opt, param, width, lr, damping, seed, steps):
     """Train one model; the loss on the whole training set after the last step (inf if diverged)."""
@@ -274,7 +337,7 @@ def lr_text(df, tuned, seeds, steps):
             + md(at_tuned.rename_axis("optimizer").reset_index(), "{:.3f}"))
 
 
-PARTS = {"coord": coord, "readout": readout, "lr": lr_transfer}
+PARTS = {"coord": coord, "readout": readout, "growth": growth, "lr": lr_transfer}
 
 
 def run(args):
