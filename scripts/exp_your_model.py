@@ -20,11 +20,12 @@ readout  muP-SGD's first step on each model, the readout's change split into dW 
 growth   muP-K-FAC for 10 steps on variants of the residual MLP (with and without LayerNorm and the
        residual additions, LayerNorm frozen, lr 0.03): what makes the hidden layers' change grow with
        width after the first step -> your_model_growth.{md,csv}
-lr     learning-rate transfer on the ResidualMLP (digits, ``--steps`` steps, batch 64, seeds 0, 1):
-       K-FAC (rho 0.1) and Shampoo (eps 1e-4) over a half-decade lr grid at width 64, where SP
-       and muP are the same model; then the lr tuned there and its two neighbours at widths 256
-       and 1024, SP vs muP. Metric: the loss on the whole training set after the last step
-       -> your_model_lr.{md,csv,jsonl}
+lr     learning-rate transfer, ``--steps`` steps, seeds 0, 1: K-FAC (rho 0.1) and Shampoo (eps 1e-4)
+       over a half-decade lr grid at width 64, where SP and muP are the same model; then the lr
+       tuned there and its two neighbours at the wide widths, SP vs muP. Metric: the loss on the
+       whole training set after the last step. ``--lr-model ResidualMLP`` (default; digits, batch
+       64, grid 0.01 .. 1, widths 256 and 1024) -> your_model_lr.{md,csv,jsonl};
+       ``--lr-model TinyGPT`` (text, batch 32, grid 0.001 .. 1, width 256) -> your_model_lr_tinygpt.*
 
 Wall times are for one thread on a shared 2-core machine; the CPU time of this process is printed too.
 """
@@ -71,8 +72,12 @@ MODELS = {   # make(width, param) -> a plain torch model; runs: (param, optimize
     "MLP relu": dict(make=plain_mlp(nn.ReLU), data="digits", base=64, widths=[64, 128, 256, 512, 1024], batch=64,
                      runs=[("mup", "kfac", 0.1, 0.1)]),
 }
-LR_MODEL, LR_WIDTHS, LR_BASE = "ResidualMLP", [256, 1024], 64
-LR_GRID = [0.01, 0.0316, 0.1, 0.316, 1.0]        # half a decade apart
+LR_GRID = [0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316, 1.0]        # half a decade apart
+LR_BASE = 64
+LR_SETUPS = {   # --lr-model: the wide widths, the grid tried at the base width, the output name
+    "ResidualMLP": dict(widths=[256, 1024], grid=LR_GRID[2:], out="your_model_lr"),
+    "TinyGPT": dict(widths=[256], grid=LR_GRID, out="your_model_lr_tinygpt"),
+}
 
 
 def dataset(name):
@@ -272,9 +277,9 @@ def lr_run(spec, data, opt, param, width, lr, damping, seed, steps):
 
 
 def lr_transfer(args):
-    spec = MODELS[LR_MODEL]
+    setup, spec = LR_SETUPS[args.lr_model], MODELS[args.lr_model]
     data, seeds = dataset(spec["data"]), [0] if args.quick else [0, 1]
-    path = Path(args.out) / "your_model_lr.jsonl"
+    path = Path(args.out) / f"{setup['out']}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {}
     if path.exists():
@@ -296,7 +301,7 @@ def lr_transfer(args):
                             f.write(json.dumps(done[key]) + "\n")
                         print(done[key], flush=True)
 
-    grid = LR_GRID[1:4] if args.quick else LR_GRID
+    grid = setup["grid"][1:4] if args.quick else setup["grid"]
     tuned = {}
     for opt in ("kfac", "shampoo"):
         runs(opt, ["mup"], LR_BASE, grid)   # SP == muP at the base width
@@ -304,14 +309,14 @@ def lr_transfer(args):
         loss = base.groupby("lr")["train_loss"].mean()
         tuned[opt] = float(loss.idxmin())
         i = LR_GRID.index(tuned[opt])
-        for width in LR_WIDTHS[:1] if args.quick else LR_WIDTHS:
+        for width in setup["widths"][:1] if args.quick else setup["widths"]:
             runs(opt, ["sp", "mup"], width, LR_GRID[max(i - 1, 0): i + 2])
     df = pd.DataFrame([r for k, r in done.items() if k[5] == args.steps])
     df = pd.concat([df, df[df.width == LR_BASE].assign(param="sp")], ignore_index=True)   # the same model
-    write(args, "your_model_lr", lr_text(df, tuned, seeds, args.steps), None, df)
+    write(args, setup["out"], lr_text(args.lr_model, spec, df, tuned, seeds, args.steps), None, df)
 
 
-def lr_text(df, tuned, seeds, steps):
+def lr_text(name, spec, df, tuned, seeds, steps):
     mean = df.groupby(["optimizer", "param", "width", "lr"])["train_loss"].mean()
     ws = sorted(df.width.unique())
     rows = []
@@ -328,7 +333,7 @@ def lr_text(df, tuned, seeds, steps):
     acc = df.groupby(["optimizer", "param", "width", "lr"])["test_accuracy"].mean()
     at_tuned = pd.DataFrame({f"{p} {w}": [acc.get((o, p, w, tuned[o]), math.nan) for o in ("kfac", "shampoo")]
                              for p in ("sp", "mup") for w in ws}, index=["kfac", "shampoo"])
-    return (f"{LR_MODEL} (2 residual blocks) on digits, base width {LR_BASE}, {steps} steps, batch 64, seeds "
+    return (f"{name} on {spec['data']}, base width {LR_BASE}, {steps} steps, batch {spec['batch']}, seeds "
             f"{seeds}; K-FAC rho {OPTIMIZERS['kfac'][1]}, Shampoo eps {OPTIMIZERS['shampoo'][1]}. Loss on the whole "
             f"training set after the last step (mean over seeds; inf: a seed diverged), per lr and width:\n\n"
             + md(pd.DataFrame(rows)) + "\n\nBest lr of each row (lowest mean loss; wide widths ran the lr tuned "
@@ -357,6 +362,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", default="all", choices=[*PARTS, "all"])
     p.add_argument("--out", default="docs/results")
+    p.add_argument("--lr-model", default="ResidualMLP", choices=list(LR_SETUPS), help="the model of --part lr")
     p.add_argument("--steps", type=int, default=None, help="training steps of each lr-transfer run (100; --quick: 20)")
     p.add_argument("--executor", default="serial", help="unused: every run is serial, on the CPU")
     p.add_argument("--workers", type=int, default=1, help="unused")
