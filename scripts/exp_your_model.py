@@ -18,8 +18,8 @@ coord  coordinate checks: ResidualMLP (digits, 2 residual blocks, base width 64,
 readout  muP-SGD's first step on each model, the readout's change split into dW x(0) + W(0) dx + ...
        (why the output's step-1 slope is negative at small widths) -> your_model_readout.{md,csv}
 growth   muP-K-FAC for 10 steps on variants of the residual MLP (with and without LayerNorm and the
-       residual additions, LayerNorm frozen, lr 0.03): what makes the hidden layers' change grow with
-       width after the first step -> your_model_growth.{md,csv}
+       residual additions, LayerNorm frozen, lr 0.03) and on plain MLPs of depth 3 and 6: what makes
+       the hidden layers' change grow with width after the first step -> your_model_growth.{md,csv}
 lr     learning-rate transfer, ``--steps`` steps, seeds 0, 1: K-FAC (rho 0.1) and Shampoo (eps 1e-4)
        over a half-decade lr grid at width 64, where SP and muP are the same model; then the lr
        tuned there and its two neighbours at the wide widths, SP vs muP. Metric: the loss on the
@@ -54,9 +54,17 @@ RUNS = [(param, opt, *OPTIMIZERS[opt]) for opt in OPTIMIZERS for param in ("sp",
 ROLES = ["input", "hidden", "output", "input bias", "hidden bias", "output bias", "vector", "f"]
 
 
+def plain(width, depth, act):
+    """Linear -> act -> ... -> Linear on digits: ``depth`` weight matrices, biases, no normalization."""
+    layers = [nn.Linear(64, width), act()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(width, width), act()]
+    return nn.Sequential(*layers, nn.Linear(width, 10))
+
+
 def plain_mlp(act):
     """A control: Linear -> act -> Linear -> act -> Linear, with biases, on digits."""
-    return lambda w, param: nn.Sequential(nn.Linear(64, w), act(), nn.Linear(w, w), act(), nn.Linear(w, 10))
+    return lambda w, param: plain(w, 3, act)
 
 
 MODELS = {   # make(width, param) -> a plain torch model; runs: (param, optimizer, lr, damping)
@@ -232,12 +240,17 @@ GROWTH = [   # name, make(width), lr, freeze the LayerNorm parameters
     ("LayerNorm, no residual", lambda w: ResidualVariant(w, res=False), 0.1, False),
     ("neither", lambda w: ResidualVariant(w, ln=False, res=False), 0.1, False),
     ("LayerNorm + residual, lr 0.03", lambda w: ResidualVariant(w), 0.03, False),
+    ("plain relu MLP, depth 3", lambda w: plain(w, 3, nn.ReLU), 0.1, False),
+    ("plain relu MLP, depth 6", lambda w: plain(w, 6, nn.ReLU), 0.1, False),
+    ("plain tanh MLP, depth 6", lambda w: plain(w, 6, nn.Tanh), 0.1, False),
+    ("plain relu MLP, depth 6, lr 0.03", lambda w: plain(w, 6, nn.ReLU), 0.03, False),
 ]
 
 
 def growth(args):
-    """muP-K-FAC (rho 0.1, inverses every step) for 10 steps on variants of the residual MLP: which
-    part of the model, or the lr, makes the hidden layers' change grow with width after step 1."""
+    """muP-K-FAC (rho 0.1, inverses every step) for 10 steps on variants of the residual MLP and on
+    plain MLPs: which part of the model, its depth, or the lr makes the hidden layers' change grow
+    with width after step 1."""
     seeds, ws = ((0,) if args.quick else (0, 1)), widths(args, [64, 128, 256, 512, 1024])
     rows = []
     for name, make, lr, freeze in GROWTH:
@@ -257,7 +270,7 @@ def growth(args):
     df = pd.DataFrame(rows)
     table = df.pivot_table(index=["model", "lr"], columns="step", values=["input", "hidden", "output"], sort=False)
     table.columns = [f"{role} step {step}" for role, step in table.columns]
-    text = (f"muP-K-FAC (rho 0.1, inverses every step) on variants of the residual MLP, digits, batch 64, widths "
+    text = (f"muP-K-FAC (rho 0.1, inverses every step) on variants of the residual MLP and plain MLPs, digits, batch 64, widths "
             f"{ws}, seeds {list(seeds)}; width exponent per role after steps 1, 3 and 10:\n\n"
             + md(table.reset_index()))
     write(args, "your_model_growth", text, None, df)
@@ -302,8 +315,10 @@ def lr_transfer(args):
                         print(done[key], flush=True)
 
     grid = setup["grid"][1:4] if args.quick else setup["grid"]
-    tuned = {}
-    for opt in ("kfac", "shampoo"):
+    tuned, opts = {}, args.lr_optimizers.split(",")
+    if not set(opts) <= {"kfac", "shampoo"}:
+        raise SystemExit(f"--lr-optimizers: expected kfac and/or shampoo, comma-separated, got {args.lr_optimizers!r}")
+    for opt in opts:
         runs(opt, ["mup"], LR_BASE, grid)   # SP == muP at the base width
         base = pd.DataFrame([r for k, r in done.items() if k[0] == opt and k[2] == LR_BASE and k[5] == args.steps])
         loss = base.groupby("lr")["train_loss"].mean()
@@ -311,7 +326,7 @@ def lr_transfer(args):
         i = LR_GRID.index(tuned[opt])
         for width in setup["widths"][:1] if args.quick else setup["widths"]:
             runs(opt, ["sp", "mup"], width, LR_GRID[max(i - 1, 0): i + 2])
-    df = pd.DataFrame([r for k, r in done.items() if k[5] == args.steps])
+    df = pd.DataFrame([r for k, r in done.items() if k[5] == args.steps and k[0] in tuned])
     df = pd.concat([df, df[df.width == LR_BASE].assign(param="sp")], ignore_index=True)   # the same model
     write(args, setup["out"], lr_text(args.lr_model, spec, df, tuned, seeds, args.steps), None, df)
 
@@ -319,8 +334,8 @@ def lr_transfer(args):
 def lr_text(name, spec, df, tuned, seeds, steps):
     mean = df.groupby(["optimizer", "param", "width", "lr"])["train_loss"].mean()
     ws = sorted(df.width.unique())
-    rows = []
-    for opt in ("kfac", "shampoo"):
+    rows, opts = [], list(tuned)
+    for opt in opts:
         for lr in sorted(df[df.optimizer == opt].lr.unique()):
             row = {"optimizer": opt, "lr": f"{lr:g}" + (" (tuned at 64)" if lr == tuned[opt] else "")}
             for param in ("sp", "mup"):
@@ -331,8 +346,8 @@ def lr_text(name, spec, df, tuned, seeds, steps):
     best = mean.groupby(["optimizer", "param", "width"]).idxmin().map(lambda k: f"{k[-1]:g}").unstack("width")
     best.columns = [str(c) for c in best.columns]
     acc = df.groupby(["optimizer", "param", "width", "lr"])["test_accuracy"].mean()
-    at_tuned = pd.DataFrame({f"{p} {w}": [acc.get((o, p, w, tuned[o]), math.nan) for o in ("kfac", "shampoo")]
-                             for p in ("sp", "mup") for w in ws}, index=["kfac", "shampoo"])
+    at_tuned = pd.DataFrame({f"{p} {w}": [acc.get((o, p, w, tuned[o]), math.nan) for o in opts]
+                             for p in ("sp", "mup") for w in ws}, index=opts)
     return (f"{name} on {spec['data']}, base width {LR_BASE}, {steps} steps, batch {spec['batch']}, seeds "
             f"{seeds}; K-FAC rho {OPTIMIZERS['kfac'][1]}, Shampoo eps {OPTIMIZERS['shampoo'][1]}. Loss on the whole "
             f"training set after the last step (mean over seeds; inf: a seed diverged), per lr and width:\n\n"
@@ -363,6 +378,7 @@ def main(argv=None):
     p.add_argument("--part", default="all", choices=[*PARTS, "all"])
     p.add_argument("--out", default="docs/results")
     p.add_argument("--lr-model", default="ResidualMLP", choices=list(LR_SETUPS), help="the model of --part lr")
+    p.add_argument("--lr-optimizers", default="kfac,shampoo", help="the optimizers of --part lr, comma-separated")
     p.add_argument("--steps", type=int, default=None, help="training steps of each lr-transfer run (100; --quick: 20)")
     p.add_argument("--executor", default="serial", help="unused: every run is serial, on the CPU")
     p.add_argument("--workers", type=int, default=1, help="unused")
