@@ -148,10 +148,12 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
             model = first.pop(width, None) if seed == seeds[0] else None
             model = model if model is not None else _checked_model(model_fn, width, seed)
             roles = {name: role for name, _, role in layer_roles(model)}
-            biases = {name: (m.bias, m.bias.detach().clone()) for name, m, _ in layer_roles(model)
-                      if getattr(m, "bias", None) is not None}
-            vectors = {name: (p, p.detach().clone()) for name, p in model.named_parameters()
-                       if getattr(p, "mup_role", None) == "vector"}
+            # parameters whose own change gets a row: {row name: (role, p, p(0))}
+            tracked = {f"{name}.bias": (f"{role} bias", m.bias) for name, m, role in layer_roles(model)
+                       if getattr(m, "bias", None) is not None}
+            tracked.update({name: ("vector", p) for name, p in model.named_parameters()
+                            if getattr(p, "mup_role", None) == "vector"})
+            tracked = {name: (role, p, p.detach().clone()) for name, (role, p) in tracked.items()}
             opt = optimizer(model) if callable(optimizer) else \
                 make_optimizer(model, optimizer, lr=lr, damping=damping, param=param, **options)
             for rec in train(model, opt, data, steps=max(record_steps), batch_size=batch_size,
@@ -165,12 +167,8 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
                         rows.append(dict(width=width, seed=seed, step=rec["step"], layer=layer,
                                          role=roles[layer], feature_change=fc,
                                          output_change=rec["output_change"]))
-                    for layer, (b, b0) in biases.items():   # rms(b(t) - b(0))
-                        rows.append(dict(width=width, seed=seed, step=rec["step"], layer=f"{layer}.bias",
-                                         role=f"{roles[layer]} bias", output_change=rec["output_change"],
-                                         feature_change=float((b.detach() - b0).pow(2).mean().sqrt())))
-                    for name, (p, p0) in vectors.items():   # rms(p(t) - p(0))
-                        rows.append(dict(width=width, seed=seed, step=rec["step"], layer=name, role="vector",
+                    for name, (role, p, p0) in tracked.items():   # rms(p(t) - p(0))
+                        rows.append(dict(width=width, seed=seed, step=rec["step"], layer=name, role=role,
                                          output_change=rec["output_change"],
                                          feature_change=float((p.detach() - p0).pow(2).mean().sqrt())))
             release_hooks(opt)

@@ -114,8 +114,8 @@ def check_training_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, da
     was_training = model.training
     model.eval()
     probe = x[:2]
-    if tokens:   # also the window holding the largest token id: an id past the embedding's size fails here
-        probe = x[torch.unique(torch.stack([torch.tensor(0), x.amax(1).argmax()]))]
+    if tokens:   # and the window holding the largest token id: an id past the embedding's size fails here
+        probe = torch.cat([probe, x[x.amax(1).argmax()][None]])
     try:
         with torch.no_grad():
             out = model(_inputs(probe, p.device, p.dtype))

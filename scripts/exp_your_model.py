@@ -62,11 +62,6 @@ def plain(width, depth, act):
     return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
-def plain_mlp(act):
-    """A control: Linear -> act -> Linear -> act -> Linear, with biases, on digits."""
-    return lambda w, param: plain(w, 3, act)
-
-
 MODELS = {   # make(width, param) -> a plain torch model; runs: (param, optimizer, lr, damping)
     "ResidualMLP": dict(make=lambda w, param: zoo.ResidualMLP(64, 10, w, depth=2), data="digits", base=64,
                         widths=[64, 128, 256, 512, 1024], batch=64, runs=RUNS),
@@ -75,10 +70,10 @@ MODELS = {   # make(width, param) -> a plain torch model; runs: (param, optimize
     "TinyGPT": dict(make=lambda w, param: zoo.TinyGPT(96, w, attention=param), data="text", base=64,
                     widths=[64, 128, 256, 512], batch=32, runs=RUNS + [("mup", "kfac", 0.03, 0.1)]),
     # K-FAC's bias rows with centred (tanh) and uncentred (relu) layer inputs
-    "MLP tanh": dict(make=plain_mlp(nn.Tanh), data="digits", base=64, widths=[64, 128, 256, 512, 1024], batch=64,
-                     runs=[("mup", "kfac", 0.1, 0.1)]),
-    "MLP relu": dict(make=plain_mlp(nn.ReLU), data="digits", base=64, widths=[64, 128, 256, 512, 1024], batch=64,
-                     runs=[("mup", "kfac", 0.1, 0.1)]),
+    "MLP tanh": dict(make=lambda w, param: plain(w, 3, nn.Tanh), data="digits", base=64,
+                     widths=[64, 128, 256, 512, 1024], batch=64, runs=[("mup", "kfac", 0.1, 0.1)]),
+    "MLP relu": dict(make=lambda w, param: plain(w, 3, nn.ReLU), data="digits", base=64,
+                     widths=[64, 128, 256, 512, 1024], batch=64, runs=[("mup", "kfac", 0.1, 0.1)]),
 }
 LR_GRID = [0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316, 1.0]        # half a decade apart
 LR_BASE = 64
