@@ -180,8 +180,10 @@ def test_sweep_and_report_count_diverged_runs_and_give_the_hint(tmp_path, capsys
 
 def test_ctrl_c_exits_130_with_one_line_and_keeps_the_finished_runs(tmp_path):
     results = tmp_path / "r.jsonl"
+    # 3000 steps: a run takes seconds, so the other five cannot all finish between the first saved
+    # record and the Ctrl-C (at 400 steps, ~0.3 s a run, they sometimes did: 6 of 6 saved)
     proc = subprocess.Popen([sys.executable, "-m", "mupso_lite", "sweep", "--widths", "16,24,32,40,48,56",
-                             "--lrs", "0.05", "--optimizers", "kfac", "--datasets", "teacher", "--steps", "400",
+                             "--lrs", "0.05", "--optimizers", "kfac", "--datasets", "teacher", "--steps", "3000",
                              "--executor", "local", "--workers", "2", "--no-progress", "--results", str(results)],
                             cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
