@@ -8,13 +8,14 @@ Sections (``--only``):
   steps    amortized step time (forward + backward + step) of our K-FAC, FOOF and Shampoo,
            ASDL's K-FAC and Shampoo with the same damping and intervals, torch SGD and Adam,
            on an MLP (64 -> M -> M -> 10, tanh, batch 128) and the small CNN (ml.CNN on 8x8
-           images). Three schedules:
-             default  factors every step, inverses / roots every 10 steps (our defaults)
-             all10    factors and inverses / roots every 10 steps
-             every1   inverses / roots every step
-             fresh    the fast setting: statistics of the current batch only, used at once
-                      (K-FAC ema_decay=0 and both intervals 1: the push-through path;
-                      Shampoo beta=0, update_interval=1: the thin-SVD path); no ASDL twin
+           images). Four schedules:
+             default   the defaults: the current batch's curvature, used at once (K-FAC
+                       ema_decay=0 and both intervals 1: the push-through path; Shampoo beta=0,
+                       update_interval=1: the thin-SVD path); no ASDL twin
+             averaged  averaged curvature (K-FAC factor EMA 0.95 = ASDL ema_decay 0.05, Shampoo
+                       running sums), factors every step, inverses / roots every 10 steps
+             all10     averaged, factors and inverses / roots every 10 steps
+             every1    averaged, inverses / roots every step
            Each table row also gives the floor of the algorithm (see ``floor_extra``): the SGD
            step plus the optimizer's own linear algebra at this width, timed alone in the same
            run; ours / floor is what the hooks, bookkeeping and Python add.
@@ -27,8 +28,11 @@ Sections (``--only``):
            and the preconditioning's GFLOP/s as a fraction of a plain matmul's.
   memory   optimizer state per layer vs the theoretical size of the factors and their inverses.
   train    ml.train: seconds to the first record, and steps/s at widths 256 and 1024.
-  quality  test accuracy on digits (muP, width 1024, 200 steps, batch 128, two seeds) of SGD
-           and of K-FAC and Shampoo under each schedule: what a faster schedule costs.
+  quality  test accuracy on digits and MNIST-1D (muP, width 1024, 200 steps, batch ``--batch``,
+           two seeds) of SGD and of K-FAC and Shampoo, current-batch and averaged curvature.
+
+``--batch`` sets the batch size of every section (default 128; 512: a batch larger than the
+width 256 layers, where the current batch's factors are full rank and the dense path is taken).
 """
 from __future__ import annotations
 
@@ -43,13 +47,14 @@ import torch.nn.functional as F
 
 import mupso_lite as ml
 from mupso_lite.data import load
+from mupso_lite.optim import release_hooks
 from mupso_lite.optim.linalg import (current_batch_root_update, damped_inverse, gram_update_, inverse_root,
                                      precondition, pushthrough_precondition)
 
 BATCH, D_IN, D_OUT, RHO, EPS = 128, 64, 10, 0.1, 1e-4
 SUMMARY = []
-SCHEDULES = {"default": (1, 10), "all10": (10, 10), "every1": (1, 1), "fresh": (1, 1)}   # (factor, inverse)
-FRESH = {"kfac": dict(ema_decay=0.0), "shampoo": dict(beta=0.0)}   # + both intervals 1
+SCHEDULES = {"default": (1, 1), "averaged": (1, 10), "all10": (10, 10), "every1": (1, 1)}   # (factor, inverse)
+AVERAGED = {"kfac": dict(ema_decay=0.95), "shampoo": dict(beta=None)}   # the schedules other than "default"
 WARMUP = 20   # K-FAC's and Shampoo's warm-up refreshes every step: timed blocks start after it
 
 
@@ -81,9 +86,9 @@ def asdl_shampoo(model, factor_every, inverse_every):
     return ShampooGradientMaker(model, cfg)
 
 
-def builders(factor_every, inverse_every, asdl=True, fresh=False):
+def builders(factor_every, inverse_every, asdl=True, averaged=True):
     """name -> (model -> (torch optimizer, ASDL gradient maker or None))."""
-    kf, sh = (FRESH["kfac"], FRESH["shampoo"]) if fresh else ({}, {})
+    kf, sh = (AVERAGED["kfac"], AVERAGED["shampoo"]) if averaged else ({}, {})
     b = {
         "sgd": lambda m: (torch.optim.SGD(m.parameters(), lr=0.01), None),
         "adam": lambda m: (torch.optim.Adam(m.parameters(), lr=1e-3), None),
@@ -96,7 +101,7 @@ def builders(factor_every, inverse_every, asdl=True, fresh=False):
         "shampoo": lambda m: (ml.Shampoo(m.parameters(), lr=0.01, eps=EPS, eps_mode="relative",
                                          update_interval=inverse_every, model=m, **sh), None),
     }
-    if asdl and not fresh:
+    if asdl and averaged:
         b["asdl_kfac"] = lambda m: (torch.optim.SGD(m.parameters(), lr=0.01), asdl_kfac(m, factor_every, inverse_every))
         b["asdl_shampoo"] = lambda m: (torch.optim.SGD(m.parameters(), lr=0.01),
                                        asdl_shampoo(m, factor_every, inverse_every))
@@ -159,7 +164,7 @@ def step_table(kind, widths, schedule, repeats, asdl=True, names=None):
         shape = (BATCH, D_IN) if kind == "mlp" else (BATCH, 1, 8, 8)
         x, y = torch.randn(*shape, generator=g), torch.randint(0, D_OUT, (BATCH,), generator=g)
         model = make_model(kind, width)
-        bs = builders(fi, ii, asdl, fresh=schedule == "fresh")
+        bs = builders(fi, ii, asdl, averaged=schedule != "default")
         keep = set(names or bs) & set(affordable(kind, width, schedule))
         runners = {n: Runner(model, b, x, y) for n, b in bs.items() if n in keep}
         for r in runners.values():   # warm-up: whole intervals past the optimizers' warm-up
@@ -184,9 +189,9 @@ def floor_extra(model, name, schedule):
     no hooks, bookkeeping or Python at all.
 
     K-FAC: factors x^T x / R and n gout^T gout (``gram_update_``) / factor interval + two damped
-    inverses / inverse interval + the preconditioning on its cheaper path; fresh: the
-    push-through solve. Shampoo: the statistics G G^T, G^T G (through the batch when it is
-    smaller) + two inverse 4th roots / interval + the preconditioning; fresh: the thin SVD."""
+    inverses / inverse interval + the preconditioning on its cheaper path; default (current
+    batch): the push-through solve. Shampoo: the statistics G G^T, G^T G (through the batch when
+    it is smaller) + two inverse 4th roots / interval + the preconditioning; default: the SVD."""
     fi, ii = SCHEDULES[schedule]
     total, g = 0.0, torch.Generator().manual_seed(2)
 
@@ -198,7 +203,7 @@ def floor_extra(model, name, schedule):
         x = torch.randn(BATCH, in_dim + (m.bias is not None), generator=g)
         gout = torch.randn(BATCH, out_dim, generator=g) / BATCH
         grad = gout.T @ x
-        if schedule == "fresh":
+        if schedule == "default":
             if name == "kfac":
                 total += fastest(lambda: pushthrough_precondition(gout, x, BATCH, RHO, RHO))
             else:
@@ -251,7 +256,8 @@ def best(fn, repeats=5, floor=False):
     return min(ts) if floor else statistics.median(ts)
 
 
-def linalg_table(sizes, rows=BATCH):
+def linalg_table(sizes, rows=None):
+    rows = rows or BATCH
     print("\nn      matmul ms  eigh ms  chol-inverse ms (x matmul)  4th-root ms (x eigh)")
     for n in sizes:
         g = torch.Generator().manual_seed(0)
@@ -292,7 +298,8 @@ def state_bytes(st):
 
 
 def memory_table(width=1024):
-    print(f"\noptimizer state per layer, MLP width {width}, float32 (MiB); theory = factors + inverses")
+    print(f"\noptimizer state per layer, MLP width {width}, float32 (MiB), averaged curvature; theory = factors"
+          " + inverses (the default, current-batch curvature, keeps no factor: state 0)")
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(BATCH, D_IN, generator=g), torch.randint(0, D_OUT, (BATCH,), generator=g)
     for name in ("kfac", "foof", "shampoo"):
@@ -332,20 +339,22 @@ def train_table(widths=(256, 1024), steps=40):
 
 
 def quality_table(width=1024, steps=200, seeds=(0, 1)):
-    print(f"\ntest accuracy on digits (muP, width {width}, {steps} steps, batch {BATCH}, seeds {list(seeds)})")
-    runs = [("sgd", "-", {}), ("kfac", "default", {}), ("kfac", "all10", dict(factor_interval=10)),
-            ("kfac", "fresh", dict(ema_decay=0.0, inverse_interval=1)), ("shampoo", "default", {}),
-            ("shampoo", "fresh", dict(beta=0.0, update_interval=1))]
+    print(f"\ntest accuracy (muP, width {width}, {steps} steps, batch {BATCH}, seeds {list(seeds)}); "
+          "averaged: K-FAC EMA 0.95 with inverses every 10 steps, Shampoo running sums with roots every 10")
+    runs = [("sgd", "-", {}), ("kfac", "default", {}), ("kfac", "averaged", dict(ema_decay=0.95, inverse_interval=10)),
+            ("shampoo", "default", {}), ("shampoo", "averaged", dict(beta=None, update_interval=10))]
     lrs = {"sgd": 0.5, "kfac": 0.1, "shampoo": 0.1}   # the dashboard's defaults for these optimizers
-    for name, schedule, opts in runs:
-        accs = []
-        for seed in seeds:
-            model = ml.MLP(64, 10, width, 3, base_width=64, param="mup", seed=seed)
-            opt = ml.make_optimizer(model, name, lr=lrs[name], **opts)
-            recs = ml.run(model, opt, "digits", steps=steps, batch_size=BATCH, seed=seed, device="cpu")
-            last = recs[-1]
-            accs.append("diverged" if last["diverged"] else f"{last['test_accuracy']:.3f}")
-        print(f"{name:8s} {schedule:8s} " + "  ".join(accs), flush=True)
+    for data in ("digits", "mnist1d"):
+        for name, schedule, opts in runs:
+            accs = []
+            for seed in seeds:
+                model = ml.MLP(load(data).d_in, 10, width, 3, base_width=64, param="mup", seed=seed)
+                opt = ml.make_optimizer(model, name, lr=lrs[name], **opts)
+                recs = ml.run(model, opt, data, steps=steps, batch_size=BATCH, seed=seed, device="cpu")
+                release_hooks(opt)
+                last = recs[-1]
+                accs.append("diverged" if last["diverged"] else f"{last['test_accuracy']:.3f}")
+            print(f"{data:8s} {name:8s} {schedule:8s} " + "  ".join(accs), flush=True)
 
 
 def main():
@@ -354,6 +363,7 @@ def main():
     p.add_argument("--widths", nargs="*", type=int, default=[256, 1024, 2048, 4096])
     p.add_argument("--schedules", nargs="*", default=list(SCHEDULES))
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=int, default=BATCH, help="batch size of every section (default 128)")
     p.add_argument("--no-asdl", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see --clock)")
     p.add_argument("--clock", choices=list(CLOCK), default="cpu",
@@ -361,19 +371,20 @@ def main():
                         "processes share the cores; wall: perf_counter (use with --threads > 1 on an idle machine)")
     p.add_argument("--quick", action="store_true", help="width 1024 only, 2 repeats")
     a = p.parse_args()
-    global now
-    now = CLOCK[a.clock]
+    global now, BATCH
+    now, BATCH = CLOCK[a.clock], a.batch
     torch.set_num_threads(a.threads)
     if a.quick:
         a.widths, a.repeats = [1024], 2
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, clock {a.clock}, {time.strftime('%Y-%m-%d %H:%M')}")
+          f"{torch.get_num_threads()} threads, clock {a.clock}, batch {BATCH}, {time.strftime('%Y-%m-%d %H:%M')}")
     t0 = time.perf_counter()
     if "steps" in a.only:
         for schedule in a.schedules:
             widths = [w for w in a.widths if schedule != "every1" or w <= 2048]   # 4096 eigh per step: too slow
             step_table("mlp", widths, schedule, a.repeats, not a.no_asdl)
-        step_table("cnn", [32, 64], "default", a.repeats)
+        for schedule in ("default", "averaged"):
+            step_table("cnn", [32, 64], schedule, a.repeats)
     if "linalg" in a.only:
         linalg_table([w for w in a.widths if w <= 2048] or [1024])
     if "memory" in a.only:

@@ -1,7 +1,8 @@
 """The interactive dashboard: ``ml.Dashboard()`` in a notebook (the last expression, or ``.show()``).
 
 Pick a width, learning rate, damping, optimizer, parametrization (SP or μP), dataset, depth,
-batch size and number of steps, then:
+batch size and number of steps (and, for K-FAC, FOOF and Shampoo, the curvature memory: this
+batch's curvature at every step, as in the theory, or an average over past batches), then:
 
 * **Run** trains one MLP and plots its training loss, its test accuracy and the feature
   change of every layer, rms(h_l(t) - h_l(0)), step by step;
@@ -44,6 +45,8 @@ from .train import resolve_device
 LRS, DAMPINGS, DEPTHS, STEPS = (1e-4, 10.0), (1e-6, 1.0), (2, 6), (5, 2000)  # WIDTHS: dashboard_runs
 BATCH_SIZES = (16, 32, 64, 128, 256, 512)
 FISHER_CHOICES = [("auto: MC for regression", "auto"), ("empirical", "empirical"), ("MC (sampled)", "mc")]
+# The curvature memory: the decay d of K-FAC's factors (F <- d F + (1 - d) F_batch) or Shampoo's statistics.
+MEMORY_CHOICES = [("this batch (the theory)", 0.0)] + [(f"average, decay {d:g}", d) for d in (0.5, 0.9, 0.95, 0.99)]
 
 
 class Dashboard(Runs):
@@ -52,6 +55,10 @@ class Dashboard(Runs):
     Args are the controls' starting values; ``lr``/``damping`` default to good values for
     the optimizer. ``fisher`` ("auto", "empirical" or "mc") is K-FAC's and FOOF's Fisher:
     "auto" samples targets (MC) for the squared loss of the regression datasets.
+    ``memory`` (one of ``MEMORY_CHOICES``: 0, 0.5, 0.9, 0.95, 0.99) is the curvature memory of
+    K-FAC, FOOF and Shampoo: 0 (the default) uses the current batch's curvature at every step,
+    as in the theory; d > 0 averages it, F <- d F + (1 - d) F_batch (K-FAC ``ema_decay=d``,
+    Shampoo ``beta=d``), still inverted every step.
     ``datasets`` adds choices: {name: Dataset or zero-argument function}.
     ``coord_widths``, ``coord_steps``, ``coord_seeds`` configure the width view (default widths:
     five a factor 2 apart ending at the width control, e.g. 64 ... 1024 at 1024, moved up to
@@ -62,13 +69,13 @@ class Dashboard(Runs):
     def __init__(self, width: int = 256, lr: float | None = None, damping: float | None = None,
                  optimizer: str = "sgd", param: str = "mup", dataset: str = "digits", depth: int = 3,
                  batch_size: int = 64, steps: int = 200, seed: int = 0, fisher: str = "auto",
-                 datasets: dict | None = None,
+                 memory: float = 0.0, datasets: dict | None = None,
                  device: str = "auto", coord_widths=None, coord_steps: int = 3, coord_seeds=(0,),
                  update_interval: float = 0.15):
         # every argument is checked before any widget or thread exists
         args = check_arguments(width=width, lr=lr, damping=damping, optimizer=optimizer, param=param,
                                dataset=dataset, depth=depth, batch_size=batch_size, steps=steps, seed=seed,
-                               fisher=fisher,
+                               fisher=fisher, memory=memory,
                                datasets=datasets, coord_widths=coord_widths, coord_steps=coord_steps,
                                coord_seeds=coord_seeds, update_interval=update_interval)
         self.device = resolve_device(device)
@@ -88,12 +95,14 @@ class Dashboard(Runs):
         self.timings: dict[str, float] = {}  # first_point_s, steps_per_s of the last run
         self.messages: list[str] = []        # divergence messages (with their hints) of the last run
         self._build_controls(args["width"], args["lr"], args["damping"], args["optimizer"], args["param"],
-                             args["dataset"], args["depth"], args["batch_size"], args["steps"], args["fisher"])
+                             args["dataset"], args["depth"], args["batch_size"], args["steps"], args["fisher"],
+                             args["memory"])
         self._build_figures()
         self._set_status(f"device: {self._device_name()} · ready: press Run")
 
     # ------------------------------------------------------------------ controls and layout
-    def _build_controls(self, width, lr, damping, optimizer, param, dataset, depth, batch_size, steps, fisher):
+    def _build_controls(self, width, lr, damping, optimizer, param, dataset, depth, batch_size, steps, fisher,
+                        memory):
         style, wide = {"description_width": "100px"}, W.Layout(width="330px")
         kw = dict(continuous_update=False, style=style, layout=wide)
         def log_slider(value, base, bounds, step, description, fmt):
@@ -116,9 +125,11 @@ class Dashboard(Runs):
             "steps": W.IntSlider(value=steps, min=STEPS[0], max=STEPS[1], step=5, description="steps", **kw),
             "fisher": W.Dropdown(options=FISHER_CHOICES, value=fisher, description="Fisher (K-FAC)",
                                  style=style, layout=wide),
+            "memory": W.Dropdown(options=MEMORY_CHOICES, value=memory, description="curvature", style=style,
+                                 layout=wide, tooltip="curvature memory (K-FAC, FOOF, Shampoo): this batch's "
+                                 "curvature, or an average over past batches with this decay"),
         }
-        c["damping"].disabled = DEFAULTS[optimizer][1] is None
-        c["fisher"].disabled = optimizer not in ("kfac", "foof")
+        self._enable_controls(optimizer)
         for name, control in c.items():
             control.observe(lambda change, name=name: self._on_change(name), names="value")
         self.buttons = {
@@ -158,7 +169,7 @@ class Dashboard(Runs):
         if not hasattr(self, "_widget"):
             c, b = self.controls, self.buttons
             grid = W.GridBox([c["width"], c["lr"], c["damping"], c["optimizer"], c["param"], c["dataset"],
-                              c["depth"], c["batch_size"], c["steps"], c["fisher"]],
+                              c["depth"], c["batch_size"], c["steps"], c["fisher"], c["memory"]],
                              layout=W.Layout(grid_template_columns="repeat(3, 340px)"))
             self._widget = W.VBox([grid, W.HBox(list(b.values())), self.status_widget,
                                    W.HBox([self.loss_figure, self.feature_figure]), self.width_figure])
@@ -238,7 +249,8 @@ class Dashboard(Runs):
         v = {name: control.value for name, control in self.controls.items()}
         return Settings(width=int(round(v["width"])), lr=float(v["lr"]), damping=float(v["damping"]),
                         optimizer=v["optimizer"], param=v["param"], dataset=v["dataset"], depth=int(v["depth"]),
-                        batch_size=int(v["batch_size"]), steps=int(v["steps"]), seed=self.seed, fisher=v["fisher"])
+                        batch_size=int(v["batch_size"]), steps=int(v["steps"]), seed=self.seed, fisher=v["fisher"],
+                        memory=float(v["memory"]))
 
     def snapshot(self, which: str = "loss") -> go.Figure:
         """A static copy of the "loss", "feature" or "width" figure (stays in a saved notebook)."""
@@ -272,12 +284,17 @@ class Dashboard(Runs):
                 self.controls["lr"].value = lr
                 if damping is not None:
                     self.controls["damping"].value = damping
-                self.controls["damping"].disabled = damping is None
-                self.controls["fisher"].disabled = self.controls["optimizer"].value not in ("kfac", "foof")
+                self._enable_controls(self.controls["optimizer"].value)
             finally:
                 self._quiet = False
         if self.running and not self._closed:  # restart what was running with the new settings
             self._start(self._kind, wait=False)
+
+    def _enable_controls(self, optimizer: str) -> None:
+        """Damping and curvature memory for K-FAC, FOOF and Shampoo; the Fisher for K-FAC and FOOF."""
+        c = self.controls
+        c["damping"].disabled = c["memory"].disabled = DEFAULTS[optimizer][1] is None
+        c["fisher"].disabled = optimizer not in ("kfac", "foof")
 
     def _set_status(self, text: str, color: str = "#333") -> None:
         self._status = text
@@ -324,7 +341,18 @@ def _sequence(arg: str, value) -> tuple:
     return tuple(value)
 
 
-def check_arguments(width, lr, damping, optimizer, param, dataset, depth, batch_size, steps, seed, fisher,
+def _memory(value) -> float:
+    allowed = [v for _, v in MEMORY_CHOICES]
+    want = f"one of {', '.join(f'{v:g}' for v in allowed)} (the decay of the curvature average; 0: this batch's)"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"memory: expected {want}, got {value!r} ({type(value).__name__})")
+    for v in allowed:  # float32 0.95 is the choice 0.95
+        if math.isclose(value, v, rel_tol=1e-6):
+            return v
+    raise ValueError(f"memory: expected {want}, got {value!r}")
+
+
+def check_arguments(width, lr, damping, optimizer, param, dataset, depth, batch_size, steps, seed, fisher, memory,
                     datasets, coord_widths, coord_steps, coord_seeds, update_interval) -> dict:
     """Dashboard's arguments checked and normalized; ValueError/TypeError naming the bad one."""
     optimizer = check_choice("optimizer", optimizer, [v for _, v in OPTIMIZERS])
@@ -346,6 +374,7 @@ def check_arguments(width, lr, damping, optimizer, param, dataset, depth, batch_
     lr0, damping0 = DEFAULTS[optimizer]
     fisher = check_choice("fisher", fisher, [v for _, v in FISHER_CHOICES])
     out = dict(optimizer=optimizer, param=param, dataset=dataset, datasets=dict(datasets), fisher=fisher,
+               memory=_memory(memory),
                width=_integer("width", width, *WIDTHS),
                lr=_number("lr", lr0 if lr is None else lr, *LRS),
                damping=_number("damping", (damping0 or 1e-3) if damping is None else damping, *DAMPINGS),

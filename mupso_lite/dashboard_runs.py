@@ -58,6 +58,18 @@ class Settings:
     steps: int
     seed: int = 0
     fisher: str = "auto"   # K-FAC/FOOF only: "auto" (MC for the squared loss), "empirical", "mc"
+    memory: float = 0.0    # K-FAC/FOOF/Shampoo: decay of the curvature average (0: this batch's curvature)
+
+
+def optimizer_options(s: Settings) -> dict:
+    """``make_optimizer``'s options from the Fisher and curvature-memory controls. Memory d > 0
+    averages the curvature (K-FAC/FOOF ``ema_decay=d``, Shampoo ``beta=d``), inverted every
+    step, so the only difference from memory 0 (the optimizers' defaults) is the averaging."""
+    if s.optimizer in ("kfac", "foof"):
+        return {"fisher": s.fisher, **({"ema_decay": s.memory, "inverse_interval": 1} if s.memory else {})}
+    if s.optimizer == "shampoo" and s.memory:
+        return {"beta": s.memory, "update_interval": 1}
+    return {}
 
 
 def builtin_datasets() -> list[str]:
@@ -106,8 +118,8 @@ class Runs:
         model = MLP(data.d_in, data.d_out, width or s.width, s.depth, base_width=BASE_WIDTH, param=param,
                     seed=s.seed if seed is None else seed)
         damping = s.damping if DEFAULTS[s.optimizer][1] is not None else None
-        options = {"fisher": s.fisher} if s.optimizer in ("kfac", "foof") else {}
-        return model, make_optimizer(model, s.optimizer, lr=s.lr, damping=damping, param=param, **options)
+        return model, make_optimizer(model, s.optimizer, lr=s.lr, damping=damping, param=param,
+                                     **optimizer_options(s))
 
     @staticmethod
     def _layers(s: Settings, data: Dataset) -> list:

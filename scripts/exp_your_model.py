@@ -10,7 +10,8 @@ coord  coordinate checks: ResidualMLP (digits, 2 residual blocks, base width 64,
        channels, widths 16..128, batch 64) and TinyGPT (characters of ml.datasets.text, 2 layers,
        4 heads, base width 64, widths 64..512, batch 32 windows of 32 characters; muP attention
        logits q.k * 4/d_head, SP q.k / sqrt(d_head)). SGD lr 0.5, K-FAC lr 0.1 rho 0.1 (table
-       damping, inverse every step), Shampoo lr 0.1 eps 1e-4; SP vs muP; seeds 0, 1. Width
+       damping), Shampoo lr 0.1 eps 1e-4, both with the defaults' curvature (this batch's, every
+       step); SP vs muP; seeds 0, 1. Width
        exponent = slope of log(rms change) against log(width), per layer after steps 1, 3, 10,
        averaged per role (bias rows: rms(b(t) - b(0)); "vector": the LayerNorm / BatchNorm
        gains and shifts, rms(p(t) - p(0)); f: the network output)
@@ -18,8 +19,9 @@ coord  coordinate checks: ResidualMLP (digits, 2 residual blocks, base width 64,
 readout  muP-SGD's first step on each model, the readout's change split into dW x(0) + W(0) dx + ...
        (why the output's step-1 slope is negative at small widths) -> your_model_readout.{md,csv}
 growth   muP-K-FAC for 10 steps on variants of the residual MLP (with and without LayerNorm and the
-       residual additions, LayerNorm frozen, lr 0.03) and on plain MLPs of depth 3 and 6: what makes
-       the hidden layers' change grow with width after the first step -> your_model_growth.{md,csv}
+       residual additions, LayerNorm frozen, lr 0.03) and on plain MLPs of depth 3 and 6, with this
+       batch's factors and with factors averaged with decay 0.95: what makes the hidden layers'
+       change grow with width after the first step -> your_model_growth.{md,csv}
 lr     learning-rate transfer, ``--steps`` steps, seeds 0, 1: K-FAC (rho 0.1) and Shampoo (eps 1e-4)
        over a half-decade lr grid at width 64, where SP and muP are the same model; then the lr
        tuned there and its two neighbours at the wide widths, SP vs muP. Metric: the loss on the
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -101,8 +104,7 @@ def coord(args):
         for param, opt, lr, damping in spec["runs"]:
             t = time.perf_counter()
             cc = ml.coord_check(model_fn(spec, param), opt, param, widths=ws, steps=steps, seeds=seeds,
-                                data=data, lr=lr, damping=damping, batch_size=spec["batch"], device="cpu",
-                                **({"inverse_interval": 1} if opt == "kfac" else {}))
+                                data=data, lr=lr, damping=damping, batch_size=spec["batch"], device="cpu")
             run = f"{param}/{opt}" + ("" if lr == OPTIMIZERS[opt][0] else f" lr={lr:g}")
             frames.append(cc.frame.assign(model=name, run=run))
             if (name, run) == ("TinyGPT", "mup/kfac"):
@@ -242,15 +244,19 @@ GROWTH = [   # name, make(width), lr, freeze the LayerNorm parameters
 ]
 
 
+MEMORY = {"this batch": {}, "EMA 0.95": {"ema_decay": 0.95}}   # K-FAC's curvature: the default, averaged
+
+
 def growth(args):
     """muP-K-FAC (rho 0.1, inverses every step) for 10 steps on variants of the residual MLP and on
-    plain MLPs: which part of the model, its depth, or the lr makes the hidden layers' change grow
-    with width after step 1."""
+    plain MLPs, with this batch's factors (the default) and with factors averaged with decay 0.95:
+    which part of the model, its depth, the lr or the curvature memory makes the hidden layers'
+    change grow with width after step 1."""
     seeds, ws = ((0,) if args.quick else (0, 1)), widths(args, [64, 128, 256, 512, 1024])
     rows = []
-    for name, make, lr, freeze in GROWTH:
-        def optimizer(model, lr=lr, freeze=freeze):
-            opt = ml.make_optimizer(model, "kfac", lr=lr, damping=0.1, inverse_interval=1)
+    for (name, make, lr, freeze), memory in itertools.product(GROWTH, MEMORY):
+        def optimizer(model, lr=lr, freeze=freeze, memory=memory):
+            opt = ml.make_optimizer(model, "kfac", lr=lr, damping=0.1, inverse_interval=1, **MEMORY[memory])
             for g in opt.param_groups:
                 if freeze and g.get("layer") is None:   # the group of vector-like parameters (LayerNorm)
                     g["lr"] = 0.0
@@ -259,13 +265,15 @@ def growth(args):
                             widths=ws, steps=(1, 3, 10), seeds=seeds, data="digits", batch_size=64, device="cpu")
         for step in (1, 3, 10):
             s = cc.slopes_by_role(step)
-            rows.append({"model": name, "lr": f"{lr:g}", "step": step,
+            rows.append({"model": name, "lr": f"{lr:g}", "curvature": memory, "step": step,
                          **{r: s[r] for r in ("input", "hidden", "output")}})
-        print(f"{name}: {cc.verdict(10)}", flush=True)
+        print(f"{name} {memory}: {cc.verdict(10)}", flush=True)
     df = pd.DataFrame(rows)
-    table = df.pivot_table(index=["model", "lr"], columns="step", values=["input", "hidden", "output"], sort=False)
+    table = df.pivot_table(index=["model", "lr", "curvature"], columns="step", values=["input", "hidden", "output"],
+                           sort=False)
     table.columns = [f"{role} step {step}" for role, step in table.columns]
-    text = (f"muP-K-FAC (rho 0.1, inverses every step) on variants of the residual MLP and plain MLPs, digits, batch 64, widths "
+    text = (f"muP-K-FAC (rho 0.1, inverses every step; curvature: this batch's factors, the default, or factors "
+            f"averaged with decay 0.95) on variants of the residual MLP and plain MLPs, digits, batch 64, widths "
             f"{ws}, seeds {list(seeds)}; width exponent per role after steps 1, 3 and 10:\n\n"
             + md(table.reset_index()))
     write(args, "your_model_growth", text, None, df)

@@ -39,6 +39,17 @@ def test_pushthrough_equals_dense(rows, out_dim, in_dim, foof):
     torch.testing.assert_close(got, dense_kfac(gout, x, rows, rho_b, 0.07))
 
 
+@pytest.mark.parametrize("rows,out_dim,in_dim", [(6, 20, 30), (40, 20, 30), (25, 20, 30)])
+def test_pushthrough_with_sampled_fisher_rows_equals_dense(rows, out_dim, in_dim):
+    """MC Fisher: B = n s^T s from sampled rows s while G = gout^T x keeps the true rows
+    (Woodbury in R x R form when R < out, a dense solve otherwise)."""
+    torch.manual_seed(4)
+    gout, s, x = torch.randn(rows, out_dim) / rows, torch.randn(rows, out_dim) / rows, torch.randn(rows, in_dim)
+    A, B, G = x.T @ x / rows, rows * s.T @ s, gout.T @ x
+    dense = torch.linalg.inv(B + 0.03 * torch.eye(out_dim)) @ G @ torch.linalg.inv(A + 0.07 * torch.eye(in_dim))
+    torch.testing.assert_close(pushthrough_precondition(gout, x, rows, 0.03, 0.07, fisher_gout=s), dense)
+
+
 @pytest.mark.parametrize("threads", [1, 2])     # cholesky_inverse, then cholesky_solve(I)
 def test_cholesky_inverse_equals_inv(threads):
     torch.manual_seed(1)
@@ -70,20 +81,27 @@ def batches(n=5, rows=8, d_in=6, seed=0):
 
 
 def train(opt, model, data):
-    for x, y in data:
+    for step, (x, y) in enumerate(data):
         opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        out = model(x)
+        if hasattr(opt, "sample_fisher"):   # the MC Fisher draws the same targets in every run
+            torch.manual_seed(100 + step)
+            opt.sample_fisher(out)
+        F.cross_entropy(out, y).backward()
         opt.step()
     return [p.detach().clone() for p in model.parameters()]
 
 
 @pytest.mark.parametrize("width", [4, 32])          # batch 8: R > width, then R < width
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("mode,foof", [("given", False), ("pi", False), ("trace", False), ("given", True)])
-def test_kfac_pushthrough_step_equals_factor_path(width, bias, mode, foof):
+@pytest.mark.parametrize("mode,foof,fisher", [("given", False, "empirical"), ("pi", False, "empirical"),
+                                              ("trace", False, "empirical"), ("given", True, "empirical"),
+                                              ("given", False, "mc"), ("trace", False, "mc")])
+def test_kfac_pushthrough_step_equals_factor_path(width, bias, mode, foof, fisher):
+    """The defaults (ema_decay=0, intervals 1) take the push-through path, for the empirical and
+    the MC Fisher alike; each step equals the plain formula with this batch's factors."""
     data = batches()
-    kw = dict(lr=0.2, damping=0.05, damping_mode=mode, ema_decay=0.0, factor_interval=1,
-              inverse_interval=1, foof=foof)
+    kw = dict(lr=0.2, damping=0.05, damping_mode=mode, foof=foof, fisher=fisher)
     fast_model = ml.MLP(6, 3, width, depth=3, bias=bias, seed=0).double()
     fast = ml.KFAC(fast_model, **kw)
     ref_model = ml.MLP(6, 3, width, depth=3, bias=bias, seed=0).double()
@@ -139,6 +157,8 @@ def test_current_batch_root_update_equals_dense(rows, out_dim, in_dim, root, eps
     dense = inverse_root(g @ g.T, root, eps, relative) @ g @ inverse_root(g.T @ g, root, eps, relative)
     got = current_batch_root_update(gout, x, root, eps, relative)
     torch.testing.assert_close(got, dense, rtol=1e-7, atol=1e-9 if eps else 1e-6)
+    from_grad = current_batch_root_update(None, None, root, eps, relative, grad=g)   # the SVD of G itself
+    torch.testing.assert_close(from_grad, dense, rtol=1e-7, atol=1e-9 if eps else 1e-6)
     if eps == 0 and root == 0.25:   # no ridge: the gradient with its singular values set to 1
         u, s, vh = torch.linalg.svd(g, full_matrices=False)
         k = int((s > 1e-9 * s[0]).sum())
@@ -147,15 +167,16 @@ def test_current_batch_root_update_equals_dense(rows, out_dim, in_dim, root, eps
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("eps_mode", ["absolute", "relative"])
-def test_shampoo_current_batch_step_equals_the_dense_step(bias, eps_mode):
-    """Shampoo(beta=0, update_interval=1, model=...) takes the thin-SVD path, stores no
-    statistics, and its steps equal ``fast=False`` (dense eigh roots of G G^T and G^T G)."""
+@pytest.mark.parametrize("with_model", [True, False])   # thin QR + SVD of the batch, or the SVD of G
+def test_shampoo_current_batch_step_equals_the_dense_step(bias, eps_mode, with_model):
+    """Shampoo's defaults (beta=0, update_interval=1) take the SVD path, store no statistics,
+    and their steps equal ``fast=False`` (dense eigh roots of G G^T and G^T G)."""
     data = batches(n=3, seed=6)
     outs, opts = [], []
     for fast in (True, False):
         model = ml.MLP(6, 3, 32, depth=3, bias=bias, seed=0).double()
-        opt = ml.Shampoo(model.parameters(), lr=0.05, eps=1e-3, eps_mode=eps_mode, beta=0.0,
-                         update_interval=1, model=model, fast=fast)
+        opt = ml.Shampoo(model.parameters(), lr=0.05, eps=1e-3, eps_mode=eps_mode,
+                         model=model if with_model else None, fast=fast)
         outs.append(train(opt, model, data))
         opts.append((opt, model))
     for a, b in zip(*outs):
@@ -174,7 +195,8 @@ def test_state_is_factors_and_inverses_only(name):
     """Optimizer state per layer = the factors and their inverses (roots), nothing else:
     (in^2 + out^2) * 2 elements (FOOF: in^2 * 2); no copy of the gradient or the batch."""
     model = ml.MLP(6, 3, 32, depth=3, bias=False, seed=0).float()
-    opt = ml.make_optimizer(model, name, lr=0.05)
+    averaged = dict(beta=None, update_interval=10) if name == "shampoo" else dict(ema_decay=0.95, inverse_interval=10)
+    opt = ml.make_optimizer(model, name, lr=0.05, **averaged)   # averaged curvature: stored factors
     torch.set_default_dtype(torch.float32)
     train(opt, model, [(x.float(), y) for x, y in batches(n=3)])
     for m in model.layers:
@@ -227,14 +249,17 @@ def test_conv_patches_reproduce_the_layer_output(kw):
 
 
 @pytest.mark.parametrize("foof", [False, True])
-def test_default_kfac_equals_the_plain_formula(foof):
-    """Default options (EMA, intervals, warm-up) at width 32 with batch 8: the low-rank path is
-    taken on fast=True, and every step equals fast=False's (B + rho_B I)^-1 G (A + rho_A I)^-1."""
+@pytest.mark.parametrize("mode", ["given", "trace"])
+def test_averaged_kfac_equals_the_plain_formula(foof, mode):
+    """Averaged factors (EMA 0.9, inverses every 2 steps after a 1-step warm-up) at width 32 with
+    batch 8: the low-rank path is taken on fast=True, and every step equals fast=False's
+    (B + rho_B I)^-1 G (A + rho_A I)^-1, with the given or the trace damping."""
     data = batches()
     steps = []
     for fast in (True, False):
         model = ml.MLP(6, 3, 32, depth=3, bias=True, seed=0).double()
-        opt = ml.KFAC(model, lr=0.2, damping=0.05, inverse_interval=2, warmup=1, foof=foof, fast=fast)
+        opt = ml.KFAC(model, lr=0.2, damping=0.05, damping_mode=mode, ema_decay=0.9, inverse_interval=2,
+                      warmup=1, foof=foof, fast=fast)
         steps.append(list(train(opt, model, data)))
     for a, b in zip(*steps):
         torch.testing.assert_close(a, b)

@@ -46,14 +46,15 @@ def per_example(net, x, y):
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("hidden", [4, 32])  # 32 > batch: the low-rank path is taken
-def test_kfac_step_equals_dense(bias, hidden):
+@pytest.mark.parametrize("fast", [False, True])  # True (default): push-through, no factor is formed
+def test_kfac_step_equals_dense(bias, hidden, fast):
     net = small_net(bias, hidden)
     x, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
     xs, ds = per_example(net, x, y)
     before = {k: torch.cat([net[k].weight.detach()] + ([net[k].bias.detach()[:, None]] if bias else []), 1)
               for k in (0, 2)}
     lr, ra, rb = 0.3, 0.05, 0.02
-    opt = ml.KFAC(net, lr=lr, damping_a=ra, damping_b=rb)
+    opt = ml.KFAC(net, lr=lr, damping_a=ra, damping_b=rb, fast=fast)
     loss = F.cross_entropy(net(x), y)
     opt.zero_grad()
     loss.backward()
@@ -63,8 +64,11 @@ def test_kfac_step_equals_dense(bias, hidden):
         n = X.shape[0]
         A, B, G = X.T @ X / n, D.T @ D / n, D.T @ X / n
         st = opt.state[net[k].weight]
-        torch.testing.assert_close(st["A"], A)
-        torch.testing.assert_close(st["B"], B)
+        if not fast:   # the formula as written stores this batch's factors
+            torch.testing.assert_close(st["A"], A)
+            torch.testing.assert_close(st["B"], B)
+        else:
+            assert "A" not in st and "B" not in st
         expected = before[k] - lr * torch.linalg.solve(B + rb * torch.eye(len(B)), G) @ \
             torch.linalg.inv(A + ra * torch.eye(len(A)))
         got = torch.cat([net[k].weight.detach()] + ([net[k].bias.detach()[:, None]] if bias else []), 1)
@@ -106,7 +110,7 @@ def test_conv_factors_equal_unfolded_patches():
                 B += torch.outer(d[0, :, r, c], d[0, :, r, c])
     A /= 4 * 16   # mean over examples and locations
     B /= 4        # sum over locations, mean over examples
-    opt = ml.KFAC(net, lr=0.1, damping=0.1)
+    opt = ml.KFAC(net, lr=0.1, damping=0.1, fast=False)   # fast=False stores the factors to compare
     F.cross_entropy(net(x), y).backward()
     opt.step()
     st = opt.state[conv.weight]
@@ -122,7 +126,7 @@ def test_kronecker_factors_equal_gauss_newton_of_deep_linear_net():
     ml.tag_roles(net, width=4)
     x = torch.randn(1, 3)
     y = net(x).detach() - 1.0                         # residual f - y = 1
-    opt = ml.KFAC(net, lr=0.1, damping=0.1)
+    opt = ml.KFAC(net, lr=0.1, damping=0.1, fast=False)
     ml.half_mse(net(x), y).backward()
     weights = [m.weight.detach().clone() for m in net]
     opt.step()
@@ -159,7 +163,7 @@ def test_damping_modes_pi_and_trace():
     net = small_net(False)
     x, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
     for mode in ("pi", "trace"):
-        opt = ml.KFAC(net, lr=0.1, damping=0.04, damping_mode=mode)
+        opt = ml.KFAC(net, lr=0.1, damping=0.04, damping_mode=mode, fast=False)
         opt.zero_grad()
         F.cross_entropy(net(x), y).backward()
         opt.step()
@@ -180,7 +184,7 @@ def test_mc_fisher_samples_labels_from_the_model():
     x, y = torch.randn(64, 3), torch.zeros(64, dtype=torch.long)
     g_true = torch.autograd.grad(F.cross_entropy(net(x), y), net[2].weight)[0]
     w0 = [p.detach().clone() for p in net.parameters()]
-    emp = ml.KFAC(net, fisher="empirical")
+    emp = ml.KFAC(net, fisher="empirical", fast=False)
     F.cross_entropy(net(x), y).backward()
     emp.step()
     b_emp = emp.state[net[2].weight]["B"].clone()
@@ -189,7 +193,7 @@ def test_mc_fisher_samples_labels_from_the_model():
     with torch.no_grad():
         for p, q in zip(net.parameters(), w0):
             p.copy_(q)
-    mc = ml.KFAC(net, fisher="mc")
+    mc = ml.KFAC(net, fisher="mc", fast=False)
     torch.manual_seed(0)
     out = net(x)
     mc.sample_fisher(out)
@@ -249,7 +253,7 @@ def test_float32_factor_falls_back_to_float64():
 
 def test_kfac_runs_in_float32_and_keeps_dtype():
     model = ml.MLP(8, 3, width=16, depth=3, seed=0).float()
-    opt = ml.make_optimizer(model, "kfac", lr=0.1)
+    opt = ml.make_optimizer(model, "kfac", lr=0.1, fast=False)   # stores the factors whose dtype we check
     x, y = torch.randn(10, 8, dtype=torch.float32), torch.randint(0, 3, (10,))
     for _ in range(3):
         opt.zero_grad()
@@ -272,13 +276,14 @@ def test_step_without_captured_batch_errors_clearly():
 
 
 def test_warm_up_refreshes_inverses_while_the_factor_average_is_young():
-    """digits, muP, lr 0.05, rho 1e-2, default intervals: an inverse built from one batch and reused
-    for 10 steps blows the loss up (warmup=0); refreshing every step during the warm-up trains."""
+    """digits, muP, lr 0.05, rho 1e-2, averaged factors (decay 0.95, inverses every 10 steps): an
+    inverse built from one batch and reused for 10 steps blows the loss up (warmup=0); refreshing
+    every step during the warm-up trains."""
     data = ml.datasets.digits()
 
     def run(**opts):
         model = ml.MLP(64, 10, 64, base_width=64, seed=0)
-        opt = ml.make_optimizer(model, "kfac", lr=0.05, damping=1e-2, **opts)
+        opt = ml.make_optimizer(model, "kfac", lr=0.05, damping=1e-2, ema_decay=0.95, inverse_interval=10, **opts)
         return opt, ml.run(model, opt, data, steps=60, divergence=None)
     opt, recs = run()
     assert opt.warmup == 20 and opt.inverse_interval == 10

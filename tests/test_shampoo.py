@@ -25,10 +25,11 @@ def batch(seed, n=5):
 
 @pytest.mark.parametrize("root", [0.25, 0.5])
 @pytest.mark.parametrize("with_model", [False, True])   # True: the low-rank batch path
-def test_two_steps_equal_dense(root, with_model):
+@pytest.mark.parametrize("beta", [None, 0.0])           # running sums; this batch's statistics (default)
+def test_two_steps_equal_dense(root, with_model, beta):
     net = make_net(width=16)
     eps, lr = 1e-3, 0.1
-    opt = ml.Shampoo(net.parameters(), lr=lr, eps=eps, root=root, update_interval=1,
+    opt = ml.Shampoo(net.parameters(), lr=lr, eps=eps, root=root, update_interval=1, beta=beta,
                      model=net if with_model else None)
     sums = {}
     for step in range(2):
@@ -39,13 +40,16 @@ def test_two_steps_equal_dense(root, with_model):
         grads = [m.weight.grad.clone() for m in (net[0], net[2])]
         opt.step()
         for k, (m, w0, g) in enumerate(zip((net[0], net[2]), w, grads)):
-            L, R = sums.get(k, (0, 0))
-            L, R = L + g @ g.T, R + g.T @ g          # running sums from zero
+            L, R = sums.get(k, (0, 0)) if beta is None else (0, 0)
+            L, R = L + g @ g.T, R + g.T @ g          # running sums from zero, or this batch's
             sums[k] = (L, R)
             expected = w0 - lr * dense_root(L, root, eps) @ g @ dense_root(R, root, eps)
             torch.testing.assert_close(m.weight.detach(), expected)
-            torch.testing.assert_close(opt.state[m.weight]["L"], L)   # eps never accumulates
-            torch.testing.assert_close(opt.state[m.weight]["R"], R)
+            if beta is None:
+                torch.testing.assert_close(opt.state[m.weight]["L"], L)   # eps never accumulates
+                torch.testing.assert_close(opt.state[m.weight]["R"], R)
+            else:   # nothing width x width is kept between steps
+                assert "L" not in opt.state[m.weight] and "R" not in opt.state[m.weight]
 
 
 def test_relative_eps_uses_lambda_max():
@@ -117,7 +121,7 @@ def test_bias_rule_is_diagonal_left_statistic():
 def test_conv_weight_is_reshaped_to_out_by_in_k_k():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(2, 3, 3, bias=False), nn.Flatten(), nn.Linear(3 * 2 * 2, 2, bias=False)).double()
-    opt = ml.Shampoo(net.parameters(), lr=0.1, eps=1e-3)
+    opt = ml.Shampoo(net.parameters(), lr=0.1, eps=1e-3, beta=None)   # running sums: L, R are stored
     w0 = net[0].weight.detach().clone()
     F.cross_entropy(net(torch.randn(3, 2, 4, 4, dtype=torch.float64)), torch.tensor([0, 1, 0])).backward()
     g = net[0].weight.grad.reshape(3, -1).clone()

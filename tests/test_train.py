@@ -117,10 +117,10 @@ def test_a_spike_that_does_not_diverge_is_a_warning_with_the_hint():
     for bad in (1.0, float("nan"), True):
         with pytest.raises(ValueError, match="divergence.spike: expected a number > 1"):
             ml.DivergenceRule(spike=bad)
-    # K-FAC with too large a step at width 256: the loss jumps about 4.4x at step 5 and comes
+    # K-FAC with too small a damping at width 256: the loss jumps about 4.5x at step 2 and comes
     # down; it is not a divergence (not 5 steps above 10x), so it must be a warning
-    model = ml.MLP(64, 10, width=256, seed=0)
-    recs = ml.run(model, ml.make_optimizer(model, "kfac", lr=0.5, damping=0.1), "digits", steps=30)
+    model = ml.MLP(64, 10, width=256, base_width=64, seed=0)
+    recs = ml.run(model, ml.make_optimizer(model, "kfac", lr=1.0, damping=1e-3), "digits", steps=30)
     assert not recs[-1]["diverged"] and len(recs) == 30
     assert recs[-1]["warning"].startswith("unstable: the loss spiked")
     assert recs[-1]["hint"] == "raise the damping or lower the learning rate"

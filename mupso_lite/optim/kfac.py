@@ -14,23 +14,31 @@ a Linear on one-hot tokens: its A = diag(token frequencies) is kept as a vector.
     update  W <- W - lr * (B + rho_B I)^-1 G (A + rho_A I)^-1          (K-FAC)
             W <- W - lr * G (A + rho_A I)^-1                            (FOOF, ``foof=True``)
 
-Factors are exponential moving averages with the usual convention
-F <- decay * F + (1 - decay) * F_batch (``ema_decay`` = 0 keeps only the current batch);
-on the first update F is exactly the current batch's. Factors are refreshed every
-``factor_interval`` steps, inverses every ``inverse_interval`` steps and cached between,
-except during a warm-up (the first ceil(1 / (1 - decay)) steps) that refreshes both at every
-step: an inverse built from one batch's factors and then reused for ten steps amplifies the
-directions that batch did not see by up to 1 / rho at each of those steps (on digits at width
-64, lr 0.05, rho 1e-2, the loss peaked at 220 without the warm-up and ended at test accuracy
-0.15; with it the peak was 4.6 and the accuracy 0.89: ``python scripts/findings.py warmup``).
+Curvature memory. By default (``ema_decay=0``, both intervals 1) A and B are the current
+batch's, refreshed at every step: the one-step update from which Ishikawa & Karakida (2024)
+derive the muP exponents, and the cheapest exact path (push-through, below). Averaging is an
+option: factors become exponential moving averages F <- decay * F + (1 - decay) * F_batch
+(on the first update F is exactly the current batch's), refreshed every ``factor_interval``
+steps, with inverses every ``inverse_interval`` steps and cached between, except during a
+warm-up (the first ceil(1 / (1 - decay)) steps) that refreshes both at every step. What the
+average does to the step: the current batch enters A and B with weight 1 - decay, so the
+directions of its own examples that past batches did not cover (or that moved since) get up
+to 1 / (1 - decay) times the current batch's step in each factor, held back only by rho. The
+wider the layer, the more such directions (a batch of R examples, a layer of M inputs): the
+averaged update grows with width after the first step, and the muP exponents, derived for
+the current batch, no longer hold (``python scripts/exp_curvature.py``: coordinate checks
+against the decay, the leverages behind them, and the slider grids). Averaging suits a fixed
+width with noisy small batches, tuned at that width; it does not transfer across widths.
 
 Fast paths (``fast=True``, the default; all equal the dense math, and
 tests/test_fast_paths.py checks them in float64 against ``fast=False``):
   low-rank      with G = gout^T x (R rows), (B+rho_B I)^-1 G (A+rho_A I)^-1 is computed as
                 ((B+rho_B I)^-1 gout^T)(x (A+rho_A I)^-1) when that is cheaper (R < width);
-  push-through  with ``ema_decay=0`` and both intervals 1 the factors are the current batch's
-                and the update needs only R x R solves (``linalg.pushthrough_precondition``);
-                no factor or inverse is stored then.
+  push-through  with ``ema_decay=0`` and both intervals 1 (the defaults) the factors are the
+                current batch's and the update needs only R x R solves when R < width, dense
+                solves of the layer's size otherwise (``linalg.pushthrough_precondition``);
+                no factor or inverse is stored. With the MC Fisher, B comes from the sampled
+                rows and G from the true ones (Woodbury, again R x R).
 
 Damping (``damping_mode``):
   "given"  rho_A = damping_a, rho_B = damping_b (each defaults to ``damping``), as given. This
@@ -45,9 +53,9 @@ Damping (``damping_mode``):
            layer, so one rho transfers across widths. The running maximum keeps the damping
            from vanishing as the fit improves: tr(B) shrinks with the per-example gradients,
            and with rho tr(B_t) itself (digits, muP, rho 0.1, lr 0.1, 300 steps) the loss fell
-           to 4e-4-5e-3 and then jumped to 33-509 in all 6 runs (widths 64 and 256, 3 seeds);
-           with the maximum none did, ending at loss 0.011-0.019 and test accuracy 0.967-0.978
-           (``python scripts/findings.py trace``).
+           to 4e-4-8e-4 and then spiked to 0.95-26.5 in all 6 runs (widths 64 and 256, 3 seeds),
+           ending at test accuracy 0.47-0.94; with the maximum none did, ending at loss
+           0.012-0.024 and test accuracy 0.975-0.981 (``python scripts/findings.py trace``).
 A group's ``damping_bias`` (set by ``make_optimizer`` under muP) replaces rho_A on the
 homogeneous (bias) coordinate of A: (A + diag(rho_A, ..., rho_A, rho_bias))^-1 (see
 ``scaling.layer_scales`` for why biases need it to move at every width).
@@ -95,11 +103,12 @@ class KFAC(torch.optim.Optimizer):
         damping_mode: "given", "pi" or "trace" (see the module docstring).
         fisher: "auto" (MC for the squared loss, else empirical), "empirical" or "mc".
         loss: "cross_entropy" or "mse", the loss the MC Fisher samples from.
-        ema_decay: factor EMA decay in [0, 1).
-        factor_interval, inverse_interval: refresh factors / inverses every this many steps.
+        ema_decay: factor EMA decay in [0, 1); 0 (the default) uses the current batch's factors.
+        factor_interval, inverse_interval: refresh factors / inverses every this many steps
+            (default 1: every step).
         warmup: refresh factors and inverses at every one of the first ``warmup`` steps
-            (default: ceil(1 / (1 - ema_decay)), 20 for the default decay; 0 when both
-            intervals are 1). Early factors average only a few batches: directions those
+            (default: ceil(1 / (1 - ema_decay)), e.g. 20 for decay 0.95, when an interval is
+            above 1; else 0). Early factors average only a few batches: directions those
             batches have not seen are damped by rho alone, and an inverse reused for
             ``inverse_interval`` steps amplifies them by up to 1 / rho at every step.
         foof: precondition the input side only (B = I).
@@ -118,8 +127,8 @@ class KFAC(torch.optim.Optimizer):
 
     def __init__(self, model: nn.Module, lr: float = 0.1, damping: float = 0.1, damping_a: float | None = None,
                  damping_b: float | None = None, damping_mode: str = "given", fisher: str = "auto",
-                 loss: str = "cross_entropy", ema_decay: float = 0.95, factor_interval: int = 1,
-                 inverse_interval: int = 10, foof: bool = False, momentum: float = 0.0,
+                 loss: str = "cross_entropy", ema_decay: float = 0.0, factor_interval: int = 1,
+                 inverse_interval: int = 1, foof: bool = False, momentum: float = 0.0,
                  weight_decay: float = 0.0, params=None, check_batch: bool = True,
                  warmup: int | None = None, fast: bool = True):
         check_positive("lr", lr)
@@ -302,10 +311,9 @@ class KFAC(torch.optim.Optimizer):
                                    "the forward and backward pass with gradients enabled before step()")
 
     def _current_batch_only(self, group) -> bool:
-        """Factors and inverses are exactly the current batch's every step (no EMA, intervals 1),
-        the Fisher is empirical and the damping positive: the push-through path applies."""
-        if self.ema_decay != 0.0 or self.factor_interval != 1 or self.inverse_interval != 1 \
-                or self._fisher_gout:
+        """Factors and inverses are exactly the current batch's every step (no EMA, intervals 1)
+        and the damping is positive: the push-through path applies (empirical or MC Fisher)."""
+        if self.ema_decay != 0.0 or self.factor_interval != 1 or self.inverse_interval != 1:
             return False
         if self.damping_mode != "given":
             return group["damping"] > 0
@@ -317,15 +325,17 @@ class KFAC(torch.optim.Optimizer):
         The factors are never formed, so the state holds no A, B or inverses; traces for the
         "pi"/"trace" damping come from the batch: tr A = |x|^2 / R, tr B = n |gout|^2."""
         n = self.capture.batch_size(name)
+        fisher_gout = self._fisher_gout.get(name)   # MC Fisher: B from sampled output gradients
+        delta = gout if fisher_gout is None else fisher_gout
         traces = None
         if self.damping_mode != "given":
             tr_a = float(x.pow(2).sum()) / x.shape[0]
-            tr_b = 0.0 if self.foof else n * float(gout.pow(2).sum())
+            tr_b = 0.0 if self.foof else n * float(delta.pow(2).sum())
             traces = (tr_a, x.shape[1], tr_b, gout.shape[1])
         rho_a, rho_b = self.damping_for(group, st, traces)
         st["rho_a"], st["rho_b"] = rho_a, rho_b
         rho_a = self._a_damping(group, name, rho_a, x)   # a diagonal when the bias is damped on its own
-        return pushthrough_precondition(gout, x, n, None if self.foof else rho_b, rho_a)
+        return pushthrough_precondition(gout, x, n, None if self.foof else rho_b, rho_a, fisher_gout=fisher_gout)
 
     def _update_factors(self, name, st):
         """F <- d F + (1 - d) F_batch, fused into the GEMM (``linalg.gram_update_``)."""

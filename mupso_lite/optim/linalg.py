@@ -131,7 +131,7 @@ def matches_batch(grad: torch.Tensor, gout: torch.Tensor, x: torch.Tensor, rtol:
 
 
 def pushthrough_precondition(gout: torch.Tensor, x: torch.Tensor, n: int, rho_b: float | None,
-                             rho_a: float) -> torch.Tensor:
+                             rho_a: float, fisher_gout: torch.Tensor | None = None) -> torch.Tensor:
     """K-FAC's update when the factors are those of the current batch, without inverting them.
 
     With A = x^T x / R, B = n gout^T gout (R rows, n examples) and G = gout^T x, the
@@ -144,38 +144,57 @@ def pushthrough_precondition(gout: torch.Tensor, x: torch.Tensor, n: int, rho_b:
     times the right-hand side); no width x width factor is formed.
     ``rho_b=None``: FOOF (B = I), the left side is gout itself. Needs rho > 0. ``rho_a`` may be
     a vector d (a diagonal damping): with x' = x d^-1/2, x (A + diag d)^-1 = x' (x'^T x'/R + I)^-1 d^-1/2.
+    ``fisher_gout``: B from other rows (the MC Fisher's sampled output gradients, B = n s^T s)
+    while G keeps the true ones; the left side is then gout (B + rho_b I)^-1 by the Woodbury
+    identity, again in R x R form.
     """
     if torch.is_tensor(rho_a):
         scale = rho_a.to(x.dtype).rsqrt()
         right = _side_solve(x * scale, 1.0, 1.0 / x.shape[0]) * scale
     else:
         right = _side_solve(x, rho_a, 1.0 / x.shape[0])
-    left = gout if rho_b is None else _side_solve(gout, rho_b, float(n))
+    if rho_b is None:
+        left = gout
+    elif fisher_gout is None:
+        left = _side_solve(gout, rho_b, float(n))
+    else:
+        left = _side_solve(fisher_gout, rho_b, float(n), rhs=gout)
     return left.T @ right
 
 
-def current_batch_root_update(gout: torch.Tensor, x: torch.Tensor, exponent: float, eps: float,
-                              relative: bool = False) -> torch.Tensor:
+def current_batch_root_update(gout: torch.Tensor | None, x: torch.Tensor | None, exponent: float, eps: float,
+                              relative: bool = False, grad: torch.Tensor | None = None) -> torch.Tensor:
     """Shampoo's update (L + eps_L I)^-e G (R + eps_R I)^-e when the statistics are the
-    current batch's, L = G G^T and R = G^T G with G = gout^T x, from thin factorizations:
-    no out x out or in x in matrix is formed or decomposed.
+    current batch's, L = G G^T and R = G^T G, from the singular values of G alone.
 
-    QR: gout^T = Q1 T1 and x^T = Q2 T2, so G = Q1 (T1 T2^T) Q2^T; the SVD T1 T2^T = U S V^T
-    gives G = P S Q^T with orthonormal P = Q1 U, Q = Q2 V. Then L = P S^2 P^T, and since
-    every column of G lies in the span of P, (L + eps I)^-e G = P (S^2 + eps)^-e S Q^T:
+    With G = P S Q^T (thin SVD), L = P S^2 P^T, and since every column of G lies in the span
+    of P, (L + eps I)^-e G = P (S^2 + eps)^-e S Q^T:
 
         update = P diag(s (s^2 + eps_L)^-e (s^2 + eps_R)^-e) Q^T.
 
     ``relative``: eps_L = eps_R = eps s_max^2 (lambda_max of L and of R). As eps -> 0 with
     e = 1/4 the update tends to P Q^T, the gradient with all its singular values set to 1.
-    Cost: two thin QRs, one SVD of at most R x R, one out x k x in product (k = rank <= R).
+
+    With G = gout^T x (R rows) and R < min(out, in), the SVD is taken through thin QRs:
+    gout^T = Q1 T1, x^T = Q2 T2, G = Q1 (T1 T2^T) Q2^T, and the R x R SVD T1 T2^T = U S V^T
+    gives P = Q1 U, Q = Q2 V. Cost: two thin QRs, one R x R SVD, one out x R x in product; no
+    out x out or in x in matrix is formed or decomposed. Otherwise (``grad`` given, or a batch
+    at least as large as the layer) the SVD of G itself, which is cheaper than the two
+    eigendecompositions of L and R it replaces.
     """
     last = None
-    for dtype in _dtypes(gout):
+    thin = gout is not None and x is not None and gout.shape[0] < min(gout.shape[1], x.shape[1])
+    like = gout if thin else grad if grad is not None else gout.T @ x
+    for dtype in _dtypes(like):
         try:
-            q1, t1 = torch.linalg.qr(gout.T.to(dtype))
-            q2, t2 = torch.linalg.qr(x.T.to(dtype))
-            u, s, vh = torch.linalg.svd(t1 @ t2.T, full_matrices=False)
+            if thin:
+                q1, t1 = torch.linalg.qr(gout.T.to(dtype))
+                q2, t2 = torch.linalg.qr(x.T.to(dtype))
+                u, s, vh = torch.linalg.svd(t1 @ t2.T, full_matrices=False)
+                p, q = q1 @ u, q2 @ vh.T
+            else:
+                p, s, vh = torch.linalg.svd(like.to(dtype), full_matrices=False)
+                q = vh.T
         except RuntimeError as err:   # non-convergence: retry in float64
             last = err
             continue
@@ -184,18 +203,24 @@ def current_batch_root_update(gout: torch.Tensor, x: torch.Tensor, exponent: flo
         ridge = eps * top if relative else eps
         floor = torch.finfo(dtype).eps * top               # as in inverse_root: finite when eps = 0
         scale = s * (lam + ridge).clamp_min(floor) ** (-2 * exponent)
-        return ((q1 @ u) * scale) @ (q2 @ vh.T).T
+        return ((p * scale) @ q.T).to(like.dtype)
     raise RuntimeError(f"current_batch_root_update: SVD failed in float64 too ({last})")
 
 
-def _side_solve(d: torch.Tensor, rho: float, scale: float) -> torch.Tensor:
-    """d (scale d^T d + rho I)^-1 = (scale d d^T + rho I)^-1 d, in the smaller of the two sizes."""
+def _side_solve(d: torch.Tensor, rho: float, scale: float, rhs: torch.Tensor | None = None) -> torch.Tensor:
+    """rhs (scale d^T d + rho I)^-1 (rhs defaults to d), in the smaller of the two sizes.
+
+    For rhs = d, push-through: d (scale d^T d + rho I)^-1 = (scale d d^T + rho I)^-1 d.
+    For other rows, Woodbury: (scale d^T d + rho I)^-1 = (I - d^T (d d^T + rho/scale I)^-1 d) / rho."""
     rows, dim = d.shape
     if rows < dim:
         k = torch.eye(rows, dtype=d.dtype, device=d.device)
-        return _spd_solve(torch.addmm(k, d, d.T, beta=rho, alpha=scale), d)
+        if rhs is None:
+            return _spd_solve(torch.addmm(k, d, d.T, beta=rho, alpha=scale), d)
+        inner = _spd_solve(torch.addmm(k, d, d.T, beta=rho / scale, alpha=1.0), d)   # (d d^T + rho/scale)^-1 d
+        return (rhs - (rhs @ d.T) @ inner) / rho
     k = torch.eye(dim, dtype=d.dtype, device=d.device)
-    return _spd_solve(torch.addmm(k, d.T, d, beta=rho, alpha=scale), d.T).T
+    return _spd_solve(torch.addmm(k, d.T, d, beta=rho, alpha=scale), (d if rhs is None else rhs).T).T
 
 
 def _spd_solve(k: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:

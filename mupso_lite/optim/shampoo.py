@@ -1,23 +1,28 @@
 """Shampoo (Gupta, Koren & Singer 2018) with the inverse root as a parameter.
 
 For a weight matrix with gradient G (out x in; a Conv2d weight is reshaped to
-out x (in k k)) the statistics are running sums from zero,
-
-    L <- L + G G^T,    R <- R + G^T G        (or an EMA: L <- beta L + (1 - beta) G G^T)
-
-and the update is
+out x (in k k)) the statistics are, by default (``beta=0``, ``update_interval=1``), the
+current batch's, L = G G^T and R = G^T G, as in the one-step update from which Ishikawa &
+Karakida (2024) derive the muP exponents; or, as options, an EMA
+L <- beta L + (1 - beta) G G^T (``beta`` in (0, 1)) or running sums from zero
+L <- L + G G^T (``beta=None``, Gupta et al.), and the update is
 
     W <- W - lr * (L + eps_L I)^-e  G  (R + eps_R I)^-e,      e = ``root`` (1/4 by default).
+
+With the current batch's statistics the update needs only the singular values of G:
+update = P diag(s (s^2 + eps_L)^-e (s^2 + eps_R)^-e) Q^T for G = P S Q^T
+(``linalg.current_batch_root_update``; no statistics are stored).
 
 ``eps_mode="absolute"``: eps_L = eps_R = eps (``make_optimizer`` scales it with width as the
 muP table says: eps ~ |x|^2 |delta|^2). ``eps_mode="relative"``: eps_L = eps lambda_max(L),
 eps_R = eps lambda_max(R), which already follows the factor scale (muP with a constant eps).
 The ridge is added to a copy when the root is computed: it never accumulates into L or R.
-Roots are recomputed every ``update_interval`` steps and cached, except during a warm-up (the
-first ``warmup`` = 20 steps) that recomputes them at every step: statistics summed over a few
-batches have not seen most directions, and a root reused for ten steps amplifies those by up
-to eps^(-2e) at each of them (on digits at width 256, lr 0.3, eps 1e-6 the loss peaked at 269
-without the warm-up; with it the run reached test accuracy 0.97: ``scripts/findings.py warmup``).
+With averaged statistics, roots are recomputed every ``update_interval`` steps and cached,
+except during a warm-up (the first ``warmup`` = 20 steps) that recomputes them at every step:
+statistics summed over a few batches have not seen most directions, and a root reused for ten
+steps amplifies those by up to eps^(-2e) at each of them (on digits at width 256, lr 0.3, eps
+1e-6 the loss peaked at 269 without the warm-up; with it the run reached test accuracy 0.97:
+``scripts/findings.py warmup``).
 
 Biases and other 1-D tensors are treated as an n x 1 matrix with a *diagonal* left
 statistic: l <- l + g^2, r <- r + |g|^2, update g / ((l + eps)^e (r + eps)^e).
@@ -25,14 +30,13 @@ statistic: l <- l + g^2, r <- r + |g|^2, update g / ((l + eps)^e (r + eps)^e).
 ``grafting="sgd"`` or ``"adam"`` rescales each layer's update to the norm of the SGD or Adam
 (beta1 = 0, beta2 = ``graft_beta2``) update, so the lr follows that optimizer's scaling.
 
-Passing ``model=`` (any torch model) lets Shampoo reuse the batch (``fast=True``, the
-default; ``fast=False`` always computes the formula as written). With G = gout^T x,
+Fast paths (``fast=True``, the default; ``fast=False`` always computes the formula as written,
+forming L and R and their eigendecompositions). With current-batch statistics the update comes
+from the SVD of G; passing ``model=`` (any torch model) gives G = gout^T x with R rows, and
+when R < min(out, in) that SVD is taken through two thin QRs and an R x R SVD: no width x
+width matrix is formed or decomposed. With averaged statistics and ``model=``,
 G G^T = gout^T (x x^T) gout and the preconditioning is (L^-e gout^T)(x R^-e): cheaper when
-the batch is smaller than the width. With current-batch statistics (``beta=0``,
-``update_interval=1``) L = G G^T has rank <= batch rows, and the whole update comes from a
-thin SVD of G (``linalg.current_batch_root_update``): no width x width matrix is formed or
-decomposed, and no statistics are stored. Results equal the dense path
-(tests/test_fast_paths.py).
+the batch is smaller than the width. Results equal the dense path (tests/test_fast_paths.py).
 """
 from __future__ import annotations
 
@@ -56,22 +60,23 @@ class Shampoo(torch.optim.Optimizer):
     Args:
         lr: learning rate.  eps: the ridge (see ``eps_mode``).  root: the inverse-root exponent e.
         eps_mode: "absolute" or "relative" (to each statistic's largest eigenvalue).
-        update_interval: recompute the inverse roots every this many steps.
-        warmup: recompute them at every one of the first ``warmup`` steps (default 20; 0 when
-            ``update_interval`` is 1).
-        beta: None for running sums (Gupta et al.), or an EMA decay in [0, 1).
+        update_interval: recompute the inverse roots every this many steps (default 1).
+        warmup: recompute them at every one of the first ``warmup`` steps (default 20 when
+            ``update_interval`` > 1, else 0).
+        beta: the statistics' EMA decay in [0, 1): 0 (the default) uses the current batch's;
+            None for running sums (Gupta et al.).
         grafting: None, "sgd" or "adam".  momentum, weight_decay: heavy-ball; decoupled decay.
         model: optional model (role-tagged or plain) whose layer inputs and output gradients are
             captured to take the cheaper low-rank path (same result).
         check_batch: verify .grad == gout^T x on one random direction before the low-rank
             path (one host sync per layer and step); see ``KFAC``.
-        fast: with ``model=``, take the batch paths (low-rank; with ``beta=0`` and
-            ``update_interval=1`` the thin-SVD current-batch path) where they apply. They equal
-            the formula to rounding; ``fast=False`` always computes it as written.
+        fast: take the SVD path for current-batch statistics and, with ``model=``, the batch
+            paths (thin QR + SVD, low-rank) where they apply. They equal the formula to
+            rounding; ``fast=False`` always computes it as written.
     """
 
     def __init__(self, params, lr: float = 1e-2, eps: float = 1e-4, root: float = 0.25,
-                 eps_mode: str = "absolute", update_interval: int = 10, beta: float | None = None,
+                 eps_mode: str = "absolute", update_interval: int = 1, beta: float | None = 0.0,
                  grafting: str | None = None, graft_beta2: float = 0.999, momentum: float = 0.0,
                  weight_decay: float = 0.0, model: nn.Module | None = None, check_batch: bool = True,
                  warmup: int | None = None, fast: bool = True):
@@ -149,8 +154,8 @@ class Shampoo(torch.optim.Optimizer):
             if not self.check_batch or matches_batch(grad, gout_rows, xs):
                 x, gout = xs, gout_rows
         relative = self.eps_mode == "relative"
-        if x is not None and self.beta == 0 and self.update_interval == 1:   # statistics = this batch's
-            return current_batch_root_update(gout, x, self.root, eps, relative)
+        if self.fast and self.beta == 0 and self.update_interval == 1:   # statistics = this batch's
+            return current_batch_root_update(gout, x, self.root, eps, relative, grad=grad)
         if x is not None and x.shape[0] < min(grad.shape):
             xx, gg = x @ x.T, gout @ gout.T                    # R x R Gram matrices of the batch
             self._accumulate_product(st, "L", gout.T @ xx, gout)   # G G^T = gout^T (x x^T) gout
