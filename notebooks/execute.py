@@ -36,7 +36,7 @@ CI = {
     "00_playground": dict(width=128, steps=30, coord_widths=[64, 128, 256]),
     "01_why_width_matters": dict(widths=[64, 128, 256, 512], seeds=[0], coord_steps=2, train_widths=[64, 1024]),
     "02_kfac_mup": dict(widths=[64, 128, 256, 512], seeds=[0], coord_steps=2,
-                        train_width=256, train_steps=20),
+                        train_width=256, train_steps=20, memory_widths=[64, 128, 256, 512], memory_seeds=[0]),
     "03_shampoo_mup": dict(widths=[64, 128, 256, 512], seeds=[0]),
     "04_hyperparameter_transfer": dict(widths={"sgd": [64, 4096], "kfac": [64, 1024]},
                                        lrs={"sgd": [0.1, 1.0], "kfac": [0.316]}, seeds=[0], executor="serial"),
