@@ -363,7 +363,7 @@ def main():
     p.add_argument("--widths", nargs="*", type=int, default=[256, 1024, 2048, 4096])
     p.add_argument("--schedules", nargs="*", default=list(SCHEDULES))
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--batch", type=int, default=BATCH, help="batch size of every section (default 128)")
+    p.add_argument("--batch", type=int, default=128, help="batch size of every section (default 128)")
     p.add_argument("--no-asdl", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see --clock)")
     p.add_argument("--clock", choices=list(CLOCK), default="cpu",

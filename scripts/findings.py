@@ -4,11 +4,13 @@
 
 Prints, for each finding, the numbers it rests on:
   damping    K-FAC on digits (muP, width 256, lr 0.1): the loss over the first steps for
-             damping 1e-3, 1e-2, 0.1, inverses every step and every 10 steps;
+             damping 1e-3, 1e-2, 0.1, with this batch's factors (the defaults) and with averaged
+             factors (EMA 0.95) inverted every 10 steps;
   fisher     the regression teacher (width 256, lr 0.1, seeds 0-2): empirical vs MC Fisher;
-  warmup     K-FAC and Shampoo on digits with and without the warm-up of fresh inverses;
-  batch      K-FAC with EMA factors (the defaults) vs current-batch factors (ema_decay=0,
-             intervals 1: the push-through path) on digits at width 1024, 200 steps;
+  warmup     averaged K-FAC and Shampoo (EMA 0.95 / running sums, refreshed every 10 steps) on
+             digits with and without the warm-up of fresh inverses;
+  batch      K-FAC with averaged factors (EMA 0.95, inverses every 10 steps) vs this batch's
+             factors (the defaults: the push-through path) on digits at width 1024, 200 steps;
   root       muP-Shampoo with root 1/2 vs 1/4: width exponents on the teacher task;
   trace      K-FAC with trace-rescaled damping over 300 steps: rho tr(B_t) of the current
              factors against rho max_t tr(B_t) (what ``damping_mode="trace"`` uses).
@@ -25,14 +27,17 @@ def losses(records, every=1):
     return " ".join(f"{r['loss']:.3g}" for r in records[::every])
 
 
+AVERAGED = {"kfac": dict(ema_decay=0.95, inverse_interval=10), "shampoo": dict(beta=None, update_interval=10)}
+
+
 def damping():
     digits = ml.datasets.digits()
-    for interval in (1, 10):
+    for curvature, kw in (("this batch", {}), ("averaged, every 10", AVERAGED["kfac"])):
         for rho in (1e-3, 1e-2, 1e-1):
             model = ml.MLP(64, 10, width=256, base_width=64, seed=0)
-            opt = ml.make_optimizer(model, "kfac", lr=0.1, damping=rho, inverse_interval=interval)
+            opt = ml.make_optimizer(model, "kfac", lr=0.1, damping=rho, **kw)
             recs = ml.run(model, opt, digits, steps=200)
-            print(f"inverse_interval {interval:2d} damping {rho:g}: steps 1-6 {losses(recs[:6])} | "
+            print(f"{curvature:18s} damping {rho:g}: steps 1-6 {losses(recs[:6])} | "
                   f"step {recs[-1]['step']} loss {recs[-1]['loss']:.3g} test acc {recs[-1].get('test_accuracy')}")
 
 
@@ -51,7 +56,7 @@ def warmup():
     for name, width, lr, damping in (("kfac", 64, 0.05, 1e-2), ("kfac", 512, 0.05, 1e-2), ("shampoo", 256, 0.3, 1e-6)):
         for warm in (0, None):
             model = ml.MLP(64, 10, width, base_width=64, seed=0)
-            opt = ml.make_optimizer(model, name, lr=lr, damping=damping, warmup=warm)
+            opt = ml.make_optimizer(model, name, lr=lr, damping=damping, warmup=warm, **AVERAGED[name])
             recs = ml.run(model, opt, digits, steps=100, divergence=None)
             peak = max(r["loss"] for r in recs)
             print(f"{name} width {width} lr {lr:g} damping {damping:g} warmup {opt.warmup:2d}: peak loss "
@@ -60,8 +65,8 @@ def warmup():
 
 def batch():
     digits = ml.datasets.digits()
-    for name, kw in (("EMA factors (defaults)", {}),
-                     ("current batch (push-through)", dict(ema_decay=0.0, inverse_interval=1))):
+    for name, kw in (("averaged, inverses every 10", AVERAGED["kfac"]),
+                     ("this batch (the defaults)", {})):
         model = ml.MLP(64, 10, width=1024, base_width=64, seed=0)
         opt = ml.make_optimizer(model, "kfac", lr=0.1, damping=0.1, **kw)
         start = time.perf_counter()
