@@ -35,10 +35,13 @@ tests/test_fast_paths.py checks them in float64 against ``fast=False``):
   low-rank      with G = gout^T x (R rows), (B+rho_B I)^-1 G (A+rho_A I)^-1 is computed as
                 ((B+rho_B I)^-1 gout^T)(x (A+rho_A I)^-1) when that is cheaper (R < width);
   push-through  with ``ema_decay=0`` and both intervals 1 (the defaults) the factors are the
-                current batch's and the update needs only R x R solves when R < width, dense
-                solves of the layer's size otherwise (``linalg.pushthrough_precondition``);
-                no factor or inverse is stored. With the MC Fisher, B comes from the sampled
-                rows and G from the true ones (Woodbury, again R x R).
+                current batch's and the update needs only R x R solves on each side where
+                R < that side's size, solves of the side's size otherwise
+                (``linalg.pushthrough_precondition``); no factor or inverse is stored. With the
+                MC Fisher, B comes from the sampled rows and G from the true ones (Woodbury,
+                again R x R). When the batch has at least as many rows as the layer has
+                inputs and outputs (convolutions: N x H' x W' patches), this batch's factors
+                are formed and inverted instead (``covers_layer``), which costs less.
 
 Damping (``damping_mode``):
   "given"  rho_A = damping_a, rho_B = damping_b (each defaults to ``damping``), as given. This
@@ -240,7 +243,7 @@ class KFAC(torch.optim.Optimizer):
             batch = self._batch_rows(name, grad) if self.fast else None
         if grad is None:
             pass
-        elif batch is not None and self._current_batch_only(group):
+        elif batch is not None and self._current_batch_only(group) and not covers_layer(*batch):
             gout, x = batch
             update = self._pushthrough_update(group, st, name, x, gout)
         else:
@@ -433,6 +436,14 @@ class KFAC(torch.optim.Optimizer):
     def remove_hooks(self):
         """Detach the capture hooks from the model (the optimizer cannot step afterwards)."""
         self.capture.remove()
+
+
+def covers_layer(gout: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether the batch has at least as many rows as the layer has inputs and outputs (a
+    convolution's patches, or a batch wider than the layer). Then the current batch's factors
+    are full-rank and cheaper to form and invert than to push the gradient through R rows:
+    the push-through's last product alone, out x R x in, costs more than the dense solves."""
+    return x.shape[0] >= x.shape[1] and gout.shape[0] >= gout.shape[1]
 
 
 def default_groups(model: nn.Module, modules_by_name: dict) -> list[dict]:
