@@ -384,7 +384,7 @@ def main():
             widths = [w for w in a.widths if schedule != "every1" or w <= 2048]   # 4096 eigh per step: too slow
             step_table("mlp", widths, schedule, a.repeats, not a.no_asdl)
         for schedule in ("default", "averaged"):
-            step_table("cnn", [32, 64], schedule, a.repeats)
+            step_table("cnn", [32, 64], schedule, a.repeats, not a.no_asdl)
     if "linalg" in a.only:
         linalg_table([w for w in a.widths if w <= 2048] or [1024])
     if "memory" in a.only:

@@ -88,7 +88,7 @@ from ..checks import check_choice, check_positive
 from ..roles import weight_layers
 from .capture import LayerCapture, gradient_matrix, output_rows
 from .checkpoint import check_loadable, stamp
-from .linalg import damped_inverse, gram_update_, matches_batch, precondition, pushthrough_precondition
+from .linalg import damped_inverse, gram_update_, matches_batch, precondition, pushthrough_factors
 
 DAMPING_MODES = ("given", "pi", "trace")
 FISHERS = ("auto", "empirical", "mc")
@@ -256,6 +256,8 @@ class KFAC(torch.optim.Optimizer):
                 update = grad @ st["A_inv"] if self.foof else st["B_inv"] @ grad @ st["A_inv"]
             else:   # the same product, reassociated through the batch when that is cheaper
                 update = precondition(None if self.foof else st["B_inv"], grad, st["A_inv"], *batch)
+        if isinstance(update, tuple) and (group["momentum"] or not fusable(module, update)):
+            update = update[0].T @ update[1]
         if group["momentum"]:
             buf = st.setdefault("momentum_buffer", torch.zeros_like(update))
             update = buf.mul_(group["momentum"]).add_(update)
@@ -338,7 +340,8 @@ class KFAC(torch.optim.Optimizer):
         rho_a, rho_b = self.damping_for(group, st, traces)
         st["rho_a"], st["rho_b"] = rho_a, rho_b
         rho_a = self._a_damping(group, name, rho_a, x)   # a diagonal when the bias is damped on its own
-        return pushthrough_precondition(gout, x, n, None if self.foof else rho_b, rho_a, fisher_gout=fisher_gout)
+        # the update as (left, right) with update = left^T right (``_apply`` adds it in one GEMM)
+        return pushthrough_factors(gout, x, n, None if self.foof else rho_b, rho_a, fisher_gout=fisher_gout)
 
     def _update_factors(self, name, st):
         """F <- d F + (1 - d) F_batch, fused into the GEMM (``linalg.gram_update_``)."""
@@ -400,6 +403,13 @@ class KFAC(torch.optim.Optimizer):
         w = module.weight
         if group["weight_decay"]:
             w.mul_(1 - group["lr"] * group["weight_decay"])
+        if isinstance(update, tuple):   # update = left^T right, added without forming it first
+            left, right = update
+            n = w.shape[1]
+            w.addmm_(left.T, right[:, :n], alpha=-group["lr"])
+            if module.bias is not None:
+                module.bias.add_(left.T @ right[:, n], alpha=-group["lr"])
+            return
         if isinstance(module, nn.Embedding):   # the update is dim x vocab, the weight vocab x dim
             w.add_(update.T.to(w.dtype), alpha=-group["lr"])
             return
@@ -436,6 +446,13 @@ class KFAC(torch.optim.Optimizer):
     def remove_hooks(self):
         """Detach the capture hooks from the model (the optimizer cannot step afterwards)."""
         self.capture.remove()
+
+
+def fusable(module: nn.Module, update: tuple) -> bool:
+    """Whether a factored update (left, right) can be added to the weight by one ``addmm_``: a
+    2-D weight (nn.Linear) of the factors' dtype."""
+    w = module.weight
+    return isinstance(module, nn.Linear) and w.dim() == 2 and w.dtype == update[0].dtype == update[1].dtype
 
 
 def covers_layer(gout: torch.Tensor, x: torch.Tensor) -> bool:

@@ -148,6 +148,15 @@ def pushthrough_precondition(gout: torch.Tensor, x: torch.Tensor, n: int, rho_b:
     while G keeps the true ones; the left side is then gout (B + rho_b I)^-1 by the Woodbury
     identity, again in R x R form.
     """
+    left, right = pushthrough_factors(gout, x, n, rho_b, rho_a, fisher_gout)
+    return left.T @ right
+
+
+def pushthrough_factors(gout: torch.Tensor, x: torch.Tensor, n: int, rho_b: float | None, rho_a,
+                        fisher_gout: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(left, right), both R x dim, with ``pushthrough_precondition(...) == left.T @ right``: the
+    update in factored form, so that the caller can add it to the weight in one fused GEMM
+    (``W.addmm_(left.T, right, alpha=-lr)``) without forming the out x in matrix first."""
     if torch.is_tensor(rho_a):
         scale = rho_a.to(x.dtype).rsqrt()
         right = _side_solve(x * scale, 1.0, 1.0 / x.shape[0]) * scale
@@ -159,7 +168,7 @@ def pushthrough_precondition(gout: torch.Tensor, x: torch.Tensor, n: int, rho_b:
         left = _side_solve(gout, rho_b, float(n))
     else:
         left = _side_solve(fisher_gout, rho_b, float(n), rhs=gout)
-    return left.T @ right
+    return left, right
 
 
 def current_batch_root_update(gout: torch.Tensor | None, x: torch.Tensor | None, exponent: float, eps: float,
