@@ -7,8 +7,9 @@ with roots every 10 steps: the earlier defaults).
 grid      the dashboard's slider settings, 100 steps, muP, depth 3, seed 0: K-FAC lr 0.03 .. 1 x
           damping 1e-3 .. 1e-1 and Shampoo lr 0.01 .. 1 x eps 1e-6 .. 1e-2, each averaged and
           current-batch. Digits at batch 64 over widths 64 .. 2048 (Shampoo to 1024: its averaged
-          roots need width x width eigendecompositions); at width 256 and 1024 also batch 16 and
-          512 on digits, MNIST-1D and the regression teacher (batch 64). A run is "ok" when it
+          roots need width x width eigendecompositions); at width 256 and 1024 (Shampoo: 256)
+          also batch 16 and 512 on digits, MNIST-1D and the regression teacher (batch 64).
+          Resumable: the settings already in curvature_grid.csv are not run again. A run is "ok" when it
           neither diverged nor spiked (``ml.divergence``) and reached test accuracy >= 0.85
           (classification) or a test loss below half its starting value (regression);
           -> curvature_grid.{md,csv}
@@ -31,6 +32,7 @@ import argparse
 import itertools
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,18 +78,27 @@ def grid(args):
     if not args.quick:
         sets += [("digits", 16, (256, 1024)), ("digits", 512, (256, 1024)),
                  ("mnist1d", 64, (256, 1024)), ("teacher", 64, (256, 1024))]
-    rows, t0 = [], time.time()
+    path = Path(args.out) / "curvature_grid.csv"   # resumes: settings already in it are not run again
+    rows = pd.read_csv(path).to_dict("records") if path.exists() and not args.quick else []
+    done = {(r["data"], r["batch"], r["optimizer"], r["width"], r["memory"], r["lr"], r["damping"]) for r in rows}
+    t0 = time.time()
     for name, batch, ws in sets:
         data = ml.datasets.load(name)
         for opt, width in itertools.product(("kfac", "shampoo"), ws):
-            if opt == "shampoo" and width > 1024:
+            # averaged Shampoo eigendecomposes width x width statistics: to 1024 on the main grid, 256 elsewhere
+            if opt == "shampoo" and width > (1024 if (name, batch) == ("digits", 64) else 256):
                 continue
             lrs, dampings = GRID[opt]
             for memory, lr, damping in itertools.product(("averaged", "current"), lrs, dampings):
+                if (name, batch, opt, width, memory, lr, damping) in done:
+                    continue
                 t = time.time()
                 status, metric, peak = grid_run(data, opt, memory, width, lr, damping, batch, steps)
                 rows.append(dict(data=name, batch=batch, optimizer=opt, width=width, memory=memory, lr=lr,
                                  damping=damping, status=status, metric=metric, peak=peak, seconds=time.time() - t))
+            if not args.quick:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pd.DataFrame(rows).to_csv(path, index=False)
             print(f"{name} batch {batch} {opt} width {width}: {time.time() - t0:.0f} s", flush=True)
     df = pd.DataFrame(rows)
     summary = (df.groupby(["data", "batch", "optimizer", "width", "memory"], sort=False)
