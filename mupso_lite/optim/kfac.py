@@ -41,27 +41,11 @@ tests/test_fast_paths.py checks them in float64 against ``fast=False``):
                 MC Fisher, B comes from the sampled rows and G from the true ones (Woodbury,
                 again R x R). When the batch has at least as many rows as the layer has
                 inputs and outputs (convolutions: N x H' x W' patches), this batch's factors
-                are formed and inverted instead (``covers_layer``), which costs less.
+                are formed and inverted instead (``linalg.covers_layer``), which costs less.
 
-Damping (``damping_mode``):
-  "given"  rho_A = damping_a, rho_B = damping_b (each defaults to ``damping``), as given. This
-           is how ``make_optimizer`` applies the muP table: it scales these per layer and
-           width. (Earlier name: "fixed", still accepted with a FutureWarning; in
-           ``make_optimizer`` "fixed" means something else: the same rho at every width.)
-  "pi"     Martens & Grosse's factored Tikhonov: rho_A = sqrt(rho) pi, rho_B = sqrt(rho) / pi,
-           pi^2 = (tr A / dim A) / (tr B / dim B). Right for hidden layers, mis-scaled for
-           the input and output layers under muP (Ishikawa & Karakida 2024).
-  "trace"  rho_A = rho max_t tr(A_t), rho_B = rho max_t tr(B_t), the largest trace seen so far:
-           each damping follows its factor's own scale, which meets the muP table in every
-           layer, so one rho transfers across widths. The running maximum keeps the damping
-           from vanishing as the fit improves: tr(B) shrinks with the per-example gradients,
-           and with rho tr(B_t) itself (digits, muP, rho 0.1, lr 0.1, 300 steps) the loss fell
-           to 4e-4-8e-4 and then spiked to 0.95-26.5 in all 6 runs (widths 64 and 256, 3 seeds),
-           ending at test accuracy 0.47-0.94; with the maximum none did, ending at loss
-           0.012-0.024 and test accuracy 0.975-0.981 (``python scripts/findings.py trace``).
-A group's ``damping_bias`` (set by ``make_optimizer`` under muP) replaces rho_A on the
-homogeneous (bias) coordinate of A: (A + diag(rho_A, ..., rho_A, rho_bias))^-1 (see
-``scaling.layer_scales`` for why biases need it to move at every width).
+Damping (``damping_mode``): "given" (rho_A, rho_B as given: how ``make_optimizer`` applies the
+muP table), "pi" (Martens & Grosse's factored Tikhonov) or "trace" (rho times the largest trace of
+each factor seen so far); ``optim/damping.py`` states each formula and why.
 
 ``fisher="empirical"`` uses the training labels' gradients; ``fisher="mc"`` samples labels
 from the model (call ``opt.sample_fisher(outputs)`` between the forward and backward pass;
@@ -88,9 +72,9 @@ from ..checks import check_choice, check_positive
 from ..roles import weight_layers
 from .capture import LayerCapture, gradient_matrix, output_rows
 from .checkpoint import check_loadable, stamp
-from .linalg import damped_inverse, gram_update_, matches_batch, precondition, pushthrough_factors
+from .damping import DAMPING_MODES, bias_damping, kfac_damping
+from .linalg import covers_layer, damped_inverse, gram_update_, matches_batch, precondition, pushthrough_factors
 
-DAMPING_MODES = ("given", "pi", "trace")
 FISHERS = ("auto", "empirical", "mc")
 
 
@@ -361,36 +345,14 @@ class KFAC(torch.optim.Optimizer):
         return self._fisher_gout.get(name, self.capture.gout(name))   # sampled this step, if MC
 
     def damping_for(self, group, st, traces=None) -> tuple[float, float]:
-        """(rho_A, rho_B) this layer uses, per ``damping_mode``. ``traces`` = (tr A, dim A,
-        tr B, dim B) when the factors are not stored (push-through path)."""
-        rho = group["damping"]
-        if self.damping_mode == "given":
-            ra = rho if group["damping_a"] is None else group["damping_a"]
-            rb = rho if group["damping_b"] is None else group["damping_b"]
-            return float(ra), float(rb)
-        if traces is None:   # one host sync each, only when the inverses are refreshed
-            b = st.get("B")
-            traces = (float(torch.trace(st["A"])), st["A"].shape[0],
-                      float(torch.trace(b)) if b is not None else 0.0, b.shape[0] if b is not None else 1)
-        tr_a, dim_a, tr_b, dim_b = traces
-        if self.damping_mode == "trace":   # rho times the largest trace seen so far
-            st["trace_a"] = tr_a = max(tr_a, st.get("trace_a", 0.0))
-            st["trace_b"] = tr_b = max(tr_b, st.get("trace_b", 0.0))
-            return rho * tr_a, rho * tr_b
-        if tr_a <= 0 or tr_b <= 0:  # pi undefined: split the damping evenly
-            return math.sqrt(rho), math.sqrt(rho)
-        pi = math.sqrt((tr_a / dim_a) / (tr_b / dim_b))
-        return math.sqrt(rho) * pi, math.sqrt(rho) / pi
+        """(rho_A, rho_B) this layer uses, per ``damping_mode`` (``damping.kfac_damping``).
+        ``traces`` = (tr A, dim A, tr B, dim B) when the factors are not stored (push-through)."""
+        return kfac_damping(self.damping_mode, group, st, traces)
 
     def _a_damping(self, group, name, rho_a, like):
-        """rho_A as a number, or as a diagonal (rho_A, ..., rho_A, rho_bias) when the group damps
-        the bias coordinate on its own (``damping_bias``)."""
-        rho_bias = group.get("damping_bias")
-        if rho_bias is None or getattr(self.modules_by_name[name], "bias", None) is None or rho_bias == rho_a:
-            return rho_a
-        diag = torch.full((like.shape[-1],), rho_a, dtype=like.dtype, device=like.device)
-        diag[-1] = rho_bias
-        return diag
+        """rho_A, or the diagonal (rho_A, ..., rho_A, rho_bias) of ``damping.bias_damping``."""
+        has_bias = getattr(self.modules_by_name[name], "bias", None) is not None
+        return bias_damping(rho_a, group.get("damping_bias") if has_bias else None, like)
 
     def _update_inverses(self, group, st):
         rho_a, rho_b = self.damping_for(group, st)
@@ -453,14 +415,6 @@ def fusable(module: nn.Module, update: tuple) -> bool:
     2-D weight (nn.Linear) of the factors' dtype."""
     w = module.weight
     return isinstance(module, nn.Linear) and w.dim() == 2 and w.dtype == update[0].dtype == update[1].dtype
-
-
-def covers_layer(gout: torch.Tensor, x: torch.Tensor) -> bool:
-    """Whether the batch has at least as many rows as the layer has inputs and outputs (a
-    convolution's patches, or a batch wider than the layer). Then the current batch's factors
-    are full-rank and cheaper to form and invert than to push the gradient through R rows:
-    the push-through's last product alone, out x R x in, costs more than the dense solves."""
-    return x.shape[0] >= x.shape[1] and gout.shape[0] >= gout.shape[1]
 
 
 def default_groups(model: nn.Module, modules_by_name: dict) -> list[dict]:

@@ -130,6 +130,14 @@ def matches_batch(grad: torch.Tensor, gout: torch.Tensor, x: torch.Tensor, rtol:
     return bool(torch.linalg.vector_norm(a - b) <= rtol * torch.linalg.vector_norm(a) + 1e-30)
 
 
+def covers_layer(gout: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether the batch has at least as many rows as the layer has inputs and outputs (a
+    convolution's patches, or a batch wider than the layer). Then the current batch's factors
+    are full-rank and cheaper to form and invert than to push the gradient through R rows:
+    the push-through's last product alone, out x R x in, costs more than the dense solves."""
+    return x.shape[0] >= x.shape[1] and gout.shape[0] >= gout.shape[1]
+
+
 def pushthrough_precondition(gout: torch.Tensor, x: torch.Tensor, n: int, rho_b: float | None,
                              rho_a: float, fisher_gout: torch.Tensor | None = None) -> torch.Tensor:
     """K-FAC's update when the factors are those of the current batch, without inverting them.
