@@ -364,3 +364,19 @@ def test_plain_torch_models_need_no_roles(name):
             assert list(opt.modules_by_name) == ["0", "2", "4"]
     assert all(torch.equal(a, b) for a, b in zip(*finals))
     assert not torch.equal(finals[0][0], build(False)[0][0].weight.detach())  # it did step
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name,opts", [("kfac", {}), ("kfac", {"ema_decay": 0.95, "inverse_interval": 10}),
+                                       ("foof", {}), ("shampoo", {})])
+def test_half_precision_models_train_with_float32_curvature(dtype, name, opts):
+    """CPU LAPACK has no half-precision Cholesky: K-FAC and FOOF keep the curvature in float32 and
+    cast the update to the weight's dtype (before, the first step raised NotImplementedError)."""
+    model = ml.MLP(64, 10, 64, base_width=64, seed=0).to(dtype)
+    opt = ml.make_optimizer(model, name, lr=0.1, **opts)
+    recs = ml.run(model, opt, "digits", steps=20, device="cpu")
+    assert not recs[-1]["diverged"] and recs[-1]["loss"] < 0.5 * recs[0]["loss"], [r["loss"] for r in recs]
+    assert all(p.dtype == dtype for p in model.parameters())
+    if opts:   # averaged factors are stored, in float32
+        st = opt.state[model.layers[1].weight]
+        assert st["A"].dtype == st["A_inv"].dtype == torch.float32

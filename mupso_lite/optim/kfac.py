@@ -47,6 +47,10 @@ Damping (``damping_mode``): "given" (rho_A, rho_B as given: how ``make_optimizer
 muP table), "pi" (Martens & Grosse's factored Tikhonov) or "trace" (rho times the largest trace of
 each factor seen so far); ``optim/damping.py`` states each formula and why.
 
+In a float16 or bfloat16 model the curvature is kept in float32 (factors, solves, the update;
+``linalg.as_curvature``) and the update is cast to the weight's dtype, as mature Shampoo
+implementations do: CPU LAPACK has no half-precision Cholesky.
+
 ``fisher="empirical"`` uses the training labels' gradients; ``fisher="mc"`` samples labels
 from the model (call ``opt.sample_fisher(outputs)`` between the forward and backward pass;
 ``ml.train`` does); ``fisher="auto"`` (the default) is "mc" for the squared loss and
@@ -73,7 +77,7 @@ from ..roles import weight_layers
 from .capture import LayerCapture, gradient_matrix, output_rows
 from .checkpoint import check_loadable, stamp
 from .damping import DAMPING_MODES, bias_damping, kfac_damping
-from .linalg import covers_layer, damped_inverse, gram_update_, matches_batch, precondition, pushthrough_factors
+from .linalg import as_curvature, covers_layer, damped_inverse, gram_update_, matches_batch, precondition, pushthrough_factors
 
 FISHERS = ("auto", "empirical", "mc")
 
@@ -191,7 +195,7 @@ class KFAC(torch.optim.Optimizer):
                                         retain_graph=True, allow_unused=True)
         finally:
             self.capture.grad_target = "gout"
-        self._fisher_gout = {n: output_rows(self.modules_by_name[n], g.detach())
+        self._fisher_gout = {n: as_curvature(output_rows(self.modules_by_name[n], g.detach()))
                              for n, g in zip(names, grads) if g is not None}
 
     # ------------------------------------------------------------------ the step
@@ -223,7 +227,7 @@ class KFAC(torch.optim.Optimizer):
             update = self._embedding_update(group, st, name, module, k)
             grad = batch = None
         else:
-            grad = gradient_matrix(module)   # G (out x in, the bias as the last column)
+            grad = as_curvature(gradient_matrix(module))   # G (out x in, the bias as the last column)
             batch = self._batch_rows(name, grad) if self.fast else None
         if grad is None:
             pass
@@ -252,7 +256,7 @@ class KFAC(torch.optim.Optimizer):
         """(B + rho_B I)^-1 G (A + rho_A I)^-1 for an nn.Embedding, G = weight.grad^T (dim x vocab).
         Its input is one-hot, so A = E[x x^T] = diag(token frequencies): stored as a vector and
         inverted elementwise; tr A = 1."""
-        grad = module.weight.grad.T
+        grad = as_curvature(module.weight.grad.T)
         if self._refreshes_factors(k):
             idx, delta = self.capture.x(name), self._delta(name)
             freq = torch.bincount(idx, minlength=module.num_embeddings).to(grad.dtype) / idx.numel()
@@ -280,7 +284,7 @@ class KFAC(torch.optim.Optimizer):
         was edited after backward: clipping, accumulation). The fast paths need it."""
         if not self.capture.ready(name):
             return None
-        gout, x = self.capture.gout(name), self.capture.x(name)
+        gout, x = as_curvature(self.capture.gout(name)), as_curvature(self.capture.x(name))
         return (gout, x) if not self.check_batch or matches_batch(grad, gout, x) else None
 
     def _refreshes_factors(self, k: int) -> bool:
@@ -329,7 +333,7 @@ class KFAC(torch.optim.Optimizer):
 
     def _update_factors(self, name, st):
         """F <- d F + (1 - d) F_batch, fused into the GEMM (``linalg.gram_update_``)."""
-        x = self.capture.x(name)
+        x = as_curvature(self.capture.x(name))
         n = self.capture.batch_size(name)
         delta = self._delta(name)
         first, d = "A" not in st, self.ema_decay
@@ -342,7 +346,7 @@ class KFAC(torch.optim.Optimizer):
             gram_update_(st["B"], delta, beta, w * n)               # = (1/N) sum (N g)(N g)^T
 
     def _delta(self, name):
-        return self._fisher_gout.get(name, self.capture.gout(name))   # sampled this step, if MC
+        return self._fisher_gout.get(name, as_curvature(self.capture.gout(name)))   # sampled this step, if MC
 
     def damping_for(self, group, st, traces=None) -> tuple[float, float]:
         """(rho_A, rho_B) this layer uses, per ``damping_mode`` (``damping.kfac_damping``).

@@ -70,6 +70,16 @@ def inverse_root(factor: torch.Tensor, exponent: float, eps: float, relative: bo
     raise RuntimeError(f"inverse_root: eigendecomposition failed in float64 too ({last})")
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+def as_curvature(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the dtype the curvature is computed in: float32 for float16 / bfloat16 (no
+    half-precision Cholesky on the CPU, and sums of squares lose too much in 8 bits of
+    mantissa), else unchanged."""
+    return t.float() if t.dtype in HALF else t
+
+
 def _dtypes(t: torch.Tensor):
     return (t.dtype, torch.float64) if t.dtype != torch.float64 else (torch.float64,)
 
