@@ -14,7 +14,10 @@ def check_choice(arg: str, value, choices) -> str:
 
 def check_positive(arg: str, value, integer: bool = False, allow_zero: bool = False):
     """Raise ValueError/TypeError naming ``arg`` unless ``value`` is a finite number > 0 (>= 0)."""
-    want = "a positive integer" if integer else ("a finite number >= 0" if allow_zero else "a finite number > 0")
+    if integer:
+        want = "an integer >= 0" if allow_zero else "a positive integer"
+    else:
+        want = "a finite number >= 0" if allow_zero else "a finite number > 0"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise TypeError(f"{arg}: expected {want}, got {value!r} ({type(value).__name__})")
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):

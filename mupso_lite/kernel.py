@@ -31,9 +31,40 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checks import check_positive
 from .roles import layer_roles
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+def _matrix(arg: str, t, cols: int | None = None) -> torch.Tensor:
+    """``t`` as a float64 matrix (n x d, n and d >= 1, finite), else ValueError/TypeError naming ``arg``."""
+    if not torch.is_tensor(t) and not isinstance(t, np.ndarray):
+        raise TypeError(f"{arg}: expected a tensor of shape (n, d), got {type(t).__name__}")
+    t = torch.as_tensor(t)
+    if t.dtype == torch.bool or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"{arg}: expected real numbers, got dtype {t.dtype}")
+    t = t.double().flatten(1) if t.dim() > 2 else t.double()
+    if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{arg}: expected a non-empty matrix (n, d), got shape {tuple(t.shape)}")
+    if cols is not None and t.shape[1] != cols:
+        raise ValueError(f"{arg}: expected {cols} columns (as the training side), got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{arg}: expected finite numbers, got NaN or Inf")
+    return t
+
+
+def _labels(y, n: int, n_classes: int) -> torch.Tensor:
+    """Integer class labels: n of them, each in [0, n_classes)."""
+    check_positive("n_classes", n_classes, integer=True)
+    if not torch.is_tensor(y) or y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"y_train: expected integer class labels, got "
+                        f"{y.dtype if torch.is_tensor(y) else type(y).__name__}")
+    if y.shape != (n,):
+        raise ValueError(f"y_train: expected {n} labels (one per training row), got shape {tuple(y.shape)}")
+    if int(y.min()) < 0 or int(y.max()) >= n_classes:
+        raise ValueError(f"y_train: expected labels in 0..{n_classes - 1}, got {int(y.min())}..{int(y.max())}")
+    return y
 
 
 @torch.no_grad()
@@ -66,8 +97,13 @@ def kfac_first_step_readout(phi_train, y_train, phi_test, n_classes: int, lr: fl
         f(x') = -lr (B + rho_B I)^-1 G (A + rho_A I)^-1 phi(x')
     with A = Phi^T Phi / N, B = Delta^T Delta / N, G = Delta^T Phi / N, Delta = 1/C - Y
     (cross-entropy, empirical Fisher, no bias). Returns (n_test, C)."""
-    phi, phi_t = phi_train.double(), phi_test.double()
+    phi = _matrix("phi_train", phi_train)
+    phi_t = _matrix("phi_test", phi_test, cols=phi.shape[1])
     n, m = phi.shape
+    _labels(y_train, n, n_classes)
+    check_positive("lr", lr)
+    check_positive("rho_a", rho_a)
+    check_positive("rho_b", rho_b)
     delta = _targets(y_train, n_classes)
     a = phi.T @ phi / n + rho_a * torch.eye(m, dtype=torch.float64)
     b = delta.T @ delta / n + rho_b * torch.eye(n_classes, dtype=torch.float64)
@@ -84,8 +120,15 @@ def kfac_first_step_kernel(k_train, k_test, y_train, n_classes: int, lr: float, 
     with K = ``k_train`` (N x N), k(x')^T the rows of ``k_test`` (n_test x N), B = Delta^T Delta / N.
     With K = Phi Phi^T / M and ridge = N rho_A / M it equals ``kfac_first_step_readout``;
     with the NNGP kernel it is the infinite-width limit of that step. Returns (n_test, C)."""
-    k, kt = torch.as_tensor(k_train).double(), torch.as_tensor(k_test).double()
+    k = _matrix("k_train", k_train)
     n = k.shape[0]
+    if k.shape != (n, n):
+        raise ValueError(f"k_train: expected a square kernel matrix (N, N), got shape {tuple(k.shape)}")
+    kt = _matrix("k_test", k_test, cols=n)
+    _labels(y_train, n, n_classes)
+    check_positive("lr", lr)
+    check_positive("ridge", ridge, allow_zero=True)
+    check_positive("rho_b", rho_b)
     delta = _targets(y_train, n_classes)
     b = delta.T @ delta / n + rho_b * torch.eye(n_classes, dtype=torch.float64)
     coef = torch.linalg.solve(k + ridge * torch.eye(n, dtype=torch.float64), -delta)   # (K + ridge)^-1 (Y - 1/C)
@@ -94,7 +137,8 @@ def kfac_first_step_kernel(k_train, k_test, y_train, n_classes: int, lr: float, 
 
 def empirical_kernel(phi1: torch.Tensor, phi2: torch.Tensor) -> torch.Tensor:
     """K(x, x') = phi(x) . phi(x') / M, float64."""
-    return phi1.double() @ phi2.double().T / phi1.shape[1]
+    phi1 = _matrix("phi1", phi1)
+    return phi1 @ _matrix("phi2", phi2, cols=phi1.shape[1]).T / phi1.shape[1]
 
 
 def _gauss_expectation(act, k11, k22, k12, nodes: int, chunk: int = 8192) -> torch.Tensor:
@@ -130,10 +174,15 @@ def nngp_kernel(x1, x2=None, depth: int = 3, sigma: float = 1.0, activation: str
     ``x2=None``: the symmetric kernel of ``x1`` with itself. Returns K (n1 x n2), float64."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    if check_positive("depth", depth, integer=True) < 2:
+        raise ValueError(f"depth: expected an integer >= 2 (an MLP with a hidden layer feeding the readout), got {depth}")
+    if check_positive("nodes", nodes, integer=True) < 2:
+        raise ValueError(f"nodes: expected an integer >= 2 (Gauss-Hermite nodes per dimension), got {nodes}")
+    check_positive("sigma", sigma)
     act = ACTIVATIONS[activation]
-    a = torch.as_tensor(x1).double().flatten(1)
+    a = _matrix("x1", x1)
     n1 = a.shape[0]
-    both = a if x2 is None else torch.cat([a, torch.as_tensor(x2).double().flatten(1)])
+    both = a if x2 is None else torch.cat([a, _matrix("x2", x2, cols=a.shape[1])])
     if x2 is None:   # the upper triangle is enough
         i, j = torch.triu_indices(n1, n1)
     else:

@@ -116,3 +116,36 @@ def test_damping_and_step_size_decide_whether_zero_readout_features_move(digits)
     assert ratio[(0.1, 0.1)] > 0.5, ratio       # small damping: K-FAC normalizes delta, the zero readout costs little
     assert ratio[(10.0, 0.1)] < 0.02, ratio     # large damping, same lr: hidden features barely move
     assert ratio[(10.0, 50.0)] > 0.3, ratio     # large damping, lr / rho^2 = 0.5: they move again
+
+
+def _kernel_calls():
+    phi, y = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    k = phi @ phi.T / 4
+    return phi, y, k
+
+
+@pytest.mark.parametrize("call,err,words", [
+    (lambda phi, y, k: kn.kfac_first_step_readout(phi, y, phi, 3, float("nan"), 0.1, 0.1), ValueError, "lr"),
+    (lambda phi, y, k: kn.kfac_first_step_readout(phi, y, phi, 3, 0.1, -0.1, 0.1), ValueError, "rho_a"),
+    (lambda phi, y, k: kn.kfac_first_step_readout(phi, y, phi, 3, 0.1, 0.1, 0.0), ValueError, "rho_b"),
+    (lambda phi, y, k: kn.kfac_first_step_readout(phi, y.double(), phi, 3, 0.1, 0.1, 0.1), TypeError, "y_train"),
+    (lambda phi, y, k: kn.kfac_first_step_readout(phi, y, phi, 2, 0.1, 0.1, 0.1), ValueError, "0..1"),
+    (lambda phi, y, k: kn.kfac_first_step_readout(phi, y[:5], phi, 3, 0.1, 0.1, 0.1), ValueError, "6 labels"),
+    (lambda phi, y, k: kn.kfac_first_step_readout(phi, y, phi[:, :3], 3, 0.1, 0.1, 0.1), ValueError, "phi_test"),
+    (lambda phi, y, k: kn.kfac_first_step_readout(phi[:0], y[:0], phi, 3, 0.1, 0.1, 0.1), ValueError, "phi_train"),
+    (lambda phi, y, k: kn.kfac_first_step_kernel(k, k, y, 3, 0.1, -1.0, 0.1), ValueError, "ridge"),
+    (lambda phi, y, k: kn.kfac_first_step_kernel(k[:, :5], k, y, 3, 0.1, 0.1, 0.1), ValueError, "square"),
+    (lambda phi, y, k: kn.kfac_first_step_kernel(k, k * float("inf"), y, 3, 0.1, 0.1, 0.1), ValueError, "finite"),
+    (lambda phi, y, k: kn.nngp_kernel(phi, depth=0), ValueError, "depth"),
+    (lambda phi, y, k: kn.nngp_kernel(phi, depth=1), ValueError, "depth"),
+    (lambda phi, y, k: kn.nngp_kernel(phi, nodes=1), ValueError, "nodes"),
+    (lambda phi, y, k: kn.nngp_kernel(phi, sigma=-1.0), ValueError, "sigma"),
+    (lambda phi, y, k: kn.nngp_kernel(torch.empty(0, 4)), ValueError, "x1"),
+    (lambda phi, y, k: kn.nngp_kernel(phi, phi[:, :2]), ValueError, "x2"),
+    (lambda phi, y, k: kn.empirical_kernel(phi, phi[:, :2]), ValueError, "phi2"),
+])
+def test_kernel_functions_refuse_bad_input_with_the_argument_named(call, err, words):
+    """Before, these returned numbers (NaN lr, negative damping or ridge, depth 0, one node, float
+    labels, empty features)."""
+    with pytest.raises(err, match=words):
+        call(*_kernel_calls())

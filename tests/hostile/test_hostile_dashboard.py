@@ -64,7 +64,7 @@ BAD_ARGUMENTS = [  # (keyword arguments, exception type, text the message must c
     (dict(steps=0), ValueError, "steps: expected a positive integer, got 0"),
     (dict(steps=10 ** 5), ValueError, "steps: expected an integer in 5..2000"),
     (dict(depth=1), ValueError, "depth: expected an integer in 2..6 (the slider's range), got 1"),
-    (dict(seed=-1), ValueError, "seed: expected a positive integer, got -1"),
+    (dict(seed=-1), ValueError, "seed: expected an integer >= 0, got -1"),   # 0 is accepted
     (dict(datasets={"x": 3}), TypeError, "datasets['x']: expected an ml.datasets Dataset or a function"),
     (dict(datasets=[broken]), TypeError, "datasets: expected a dict"),
     (dict(coord_widths=(16, 16)), ValueError, "coord_widths: expected at least 2 distinct widths"),
