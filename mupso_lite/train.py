@@ -75,36 +75,15 @@ class FeatureProbe:
 
 def check_training_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, data) -> None:
     """Raise a clear error, before any work, when model, optimizer and data do not fit together:
-    empty or non-finite data, labels that do not match the inputs, an optimizer built for
-    another model, or a model whose input/output size differs from the data's d_in/d_out.
+    empty or non-finite data, labels that do not match the inputs (in the training and the test
+    split alike), an optimizer built for another model, or a model whose input/output size
+    differs from the data's d_in/d_out.
     Token sequences (``is_tokens``: int64 x of shape (n, T) with one label per position) are
     accepted as inputs too."""
     layer_roles(model)  # a model without roles
+    tokens = _check_split(data, "train", tokens=None)
+    _check_split(data, "test", tokens=tokens)   # now, not after the training: evaluate() reads it
     x, y = data.x_train, data.y_train
-    for arg, t in (("data.x_train", x), ("data.y_train", y)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{arg}: expected a torch.Tensor, got {type(t).__name__}")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"data.x_train: expected a non-empty (n, d_in) tensor, got shape {tuple(x.shape)}")
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"data.y_train: expected {x.shape[0]} targets (one per input), got {y.shape[0]}")
-    tokens = is_tokens(data)
-    if tokens and int(x.min()) < 0:
-        raise ValueError(f"data.x_train: expected token ids >= 0, got {int(x.min())}")
-    if not tokens and (not x.is_floating_point() or not bool(torch.isfinite(x).all())):
-        raise ValueError("data.x_train: expected finite floating-point inputs (or int64 token ids of shape "
-                         "(n, T) with one label per token), got "
-                         f"{'non-finite values (NaN or Inf)' if x.is_floating_point() else x.dtype}")
-    if data.task == "classification":
-        if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or (y.dim() != 1 and not tokens):
-            raise TypeError(f"data.y_train: expected integer class labels of shape (n,) for classification "
-                            f"(or (n, T) for token inputs), got {y.dtype} of shape {tuple(y.shape)}")
-        if int(y.min()) < 0 or int(y.max()) >= data.d_out:
-            raise ValueError(f"data.y_train: expected labels in 0..{data.d_out - 1} (d_out={data.d_out}), "
-                             f"got labels in {int(y.min())}..{int(y.max())}")
-    elif not y.is_floating_point() or not bool(torch.isfinite(y).all()):
-        raise ValueError(f"data.y_train: expected finite float regression targets, got {y.dtype}"
-                         + ("" if not y.is_floating_point() else " with NaN or Inf"))
     own = {id(p) for p in model.parameters()}
     foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in own)
     if foreign:
@@ -114,8 +93,8 @@ def check_training_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, da
     was_training = model.training
     model.eval()
     probe = x[:2]
-    if tokens:   # and the window holding the largest token id: an id past the embedding's size fails here
-        probe = torch.cat([probe, x[x.amax(1).argmax()][None]])
+    if tokens:   # and the windows holding the largest token ids: an id past the embedding's size fails here
+        probe = torch.cat([probe] + [t[t.amax(1).argmax()][None] for t in (x, data.x_test) if len(t)])
     try:
         with torch.no_grad():
             out = model(_inputs(probe, p.device, p.dtype))
@@ -128,6 +107,51 @@ def check_training_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, da
     if out.shape[-1] != want:
         raise ValueError(f"data: expected a model with {want} outputs (d_out of {data.name!r}), "
                          f"got a model with {out.shape[-1]}")
+
+
+def _check_split(data, split: str, tokens) -> bool:
+    """Check one split's inputs and labels (``split`` "train" or "test"); the test split must look
+    like the training split (same input shape and kind, same label kind and range) and may be
+    empty. Returns whether the data are token sequences (decided by the training split)."""
+    xa, ya = f"data.x_{split}", f"data.y_{split}"
+    x, y = getattr(data, f"x_{split}", None), getattr(data, f"y_{split}", None)
+    for arg, t in ((xa, x), (ya, y)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{arg}: expected a torch.Tensor, got {type(t).__name__}")
+    if split == "train":
+        if x.dim() < 2 or x.shape[0] == 0:
+            raise ValueError(f"{xa}: expected a non-empty (n, d_in) tensor, got shape {tuple(x.shape)}")
+        tokens = is_tokens(data)
+    else:
+        train_x = data.x_train
+        if tuple(x.shape[1:]) != tuple(train_x.shape[1:]) or x.dtype.is_floating_point != train_x.dtype.is_floating_point:
+            raise ValueError(f"{xa}: expected inputs shaped and typed like data.x_train's ({tuple(train_x.shape[1:])}, "
+                             f"{train_x.dtype}), got {tuple(x.shape[1:])}, {x.dtype}")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"{ya}: expected {x.shape[0]} targets (one per input), got {y.shape[0]}")
+    if x.shape[0] == 0:
+        return tokens
+    if tokens and int(x.min()) < 0:
+        raise ValueError(f"{xa}: expected token ids >= 0, got {int(x.min())}")
+    if not tokens and (not x.is_floating_point() or not bool(torch.isfinite(x).all())):
+        raise ValueError(f"{xa}: expected finite floating-point inputs (or int64 token ids of shape "
+                         "(n, T) with one label per token), got "
+                         f"{'non-finite values (NaN or Inf)' if x.is_floating_point() else x.dtype}")
+    if data.task == "classification":
+        if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or (y.dim() != 1 and not tokens) \
+                or (tokens and tuple(y.shape) != tuple(x.shape)):
+            raise TypeError(f"{ya}: expected integer class labels of shape (n,) for classification "
+                            f"(or (n, T) for token inputs), got {y.dtype} of shape {tuple(y.shape)}")
+        if int(y.min()) < 0 or int(y.max()) >= data.d_out:
+            raise ValueError(f"{ya}: expected labels in 0..{data.d_out - 1} (d_out={data.d_out}), "
+                             f"got labels in {int(y.min())}..{int(y.max())}")
+    elif not y.is_floating_point() or not bool(torch.isfinite(y).all()) \
+            or (split == "test" and tuple(y.shape[1:]) != tuple(data.y_train.shape[1:])):
+        raise ValueError(f"{ya}: expected finite float regression targets"
+                         + ("" if split == "train" else f" shaped like data.y_train's {tuple(data.y_train.shape[1:])}")
+                         + f", got {y.dtype} of shape {tuple(y.shape)}"
+                         + ("" if not y.is_floating_point() or bool(torch.isfinite(y).all()) else " with NaN or Inf"))
+    return tokens
 
 
 def is_tokens(data) -> bool:

@@ -1,5 +1,6 @@
 """Hostile input to the Python API: each case must fail with a clear error (the argument, what was
 wanted, what was given) before any work or parameter update, or be recorded as diverged."""
+import dataclasses
 import math
 
 import pytest
@@ -289,3 +290,39 @@ def test_models_optimizer_argument_is_deprecated_and_changes_nothing():
         ml.CNN((1, 8, 8), 2, 8, optimizer="shampoo")
     with pytest.raises(ValueError, match=r"optimizer: expected one of .*'lbfgs'"):
         ml.MLP(4, 2, 16, optimizer="lbfgs")
+
+
+def _split_cases():
+    digits = ml.datasets.digits()
+    reg = ml.datasets.teacher(task="regression", n_train=64, n_test=16)
+    r = dataclasses.replace
+    return [
+        (r(digits, y_test=digits.y_test.clone().fill_(10)), ValueError, "data.y_test: expected labels in 0..9"),
+        (r(digits, x_test=digits.x_test[:, :32]), ValueError, "data.x_test: expected inputs shaped"),
+        (r(digits, x_test=torch.full_like(digits.x_test, float("nan"))), ValueError, "data.x_test: expected finite"),
+        (r(digits, y_test=digits.y_test.float()), TypeError, "data.y_test: expected integer class labels"),
+        (r(digits, y_test=digits.y_test[:5]), ValueError, "data.y_test: expected 360 targets"),
+        (r(reg, y_test=reg.y_test[:, :1]), ValueError, "data.y_test: expected finite float regression targets"),
+        (r(reg, y_test=reg.y_test * float("inf")), ValueError, "data.y_test: .*NaN or Inf"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_a_bad_test_split_is_refused_before_the_first_step(case):
+    """Before, these failed with torch's IndexError or gave an inf/NaN test loss after all the
+    training was done; now they fail first, naming the test split, and no parameter moves."""
+    data, exc, words = _split_cases()[case]
+    model = ml.MLP(data.d_in, data.d_out, 32, base_width=32, seed=0)
+    opt = ml.make_optimizer(model, "kfac", lr=0.1)
+    before = weights(model)
+    with pytest.raises(exc, match=words):
+        ml.run(model, opt, data, steps=5)
+    assert unchanged(model, before)
+
+
+def test_an_empty_test_split_is_allowed():
+    digits = ml.datasets.digits()
+    data = dataclasses.replace(digits, x_test=digits.x_test[:0], y_test=digits.y_test[:0])
+    model = ml.MLP(64, 10, 32, base_width=32, seed=0)
+    recs = ml.run(model, ml.make_optimizer(model, "sgd", lr=0.1), data, steps=3)
+    assert len(recs) == 3 and not recs[-1]["diverged"]
