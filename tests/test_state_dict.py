@@ -1,4 +1,6 @@
 """state_dict round trip: 5 steps, save, load into fresh objects, 5 more == 10 steps in one go."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -40,3 +42,34 @@ def test_round_trip(name, tmp_path):
     steps(model, opt, BATCHES[5:])
     for a, b in zip(model.parameters(), straight):
         torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-6)
+
+
+def _trained(name, **opts):
+    model = ml.MLP(64, 10, 32, base_width=16, seed=0)
+    opt = ml.make_optimizer(model, name, lr=0.05, **opts)
+    ml.run(model, opt, "digits", steps=2)
+    return model, opt
+
+
+@pytest.mark.parametrize("src, dst, words", [
+    (("kfac", {}), ("foof", {}), "'foof': False"),                                  # K-FAC's lrs into FOOF
+    (("foof", {}), ("kfac", {}), "'foof': True"),
+    (("kfac", {"damping_mode": "trace"}), ("kfac", {}), "'damping_mode': 'trace'"),   # would drop the table's rho_A, rho_B
+    (("shampoo", {"root": 0.5}), ("shampoo", {}), "'root': 0.5"),
+])
+def test_a_state_of_another_variant_is_refused_and_nothing_changes(src, dst, words):
+    _, saved = _trained(src[0], **src[1])
+    _, opt = _trained(dst[0], **dst[1])
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=words):
+        opt.load_state_dict(saved.state_dict())
+    assert repr(opt.state_dict()) == repr(before)
+
+
+def test_a_state_with_nan_is_refused_before_it_poisons_the_parameters():
+    _, opt = _trained("kfac", ema_decay=0.95, inverse_interval=10)   # averaged: factors are saved
+    sd = opt.state_dict()
+    key = next(k for k, st in sd["state"].items() if "A" in st)
+    sd["state"][key]["A"] = sd["state"][key]["A"].clone().fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN or Inf .*'A'"):
+        opt.load_state_dict(sd)

@@ -3,14 +3,18 @@
 ``torch.optim.Optimizer.load_state_dict`` checks only the number of groups and parameters,
 so a K-FAC state saved at width 64 loads into a K-FAC at width 128 (and fails at the next
 ``step()``, deep inside a matrix product), and a Shampoo state loads into a K-FAC. The
-state dicts of ``KFAC`` and ``Shampoo`` therefore carry the optimizer's class and every
-parameter's shape, and ``check_loadable`` compares them before anything is replaced.
+state dicts of ``KFAC`` and ``Shampoo`` therefore carry the optimizer's class, its variant
+(K-FAC or FOOF and the damping mode; Shampoo's root and eps mode: ``variant()``) and every
+parameter's shape, and ``check_loadable`` compares them, and checks that every saved number is
+finite, before anything is replaced: a state is loaded whole or not at all.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-STAMP_KEYS = ("optimizer_class", "param_shapes")
+STAMP_KEYS = ("optimizer_class", "optimizer_variant", "param_shapes")
 
 
 def param_shapes(optimizer: torch.optim.Optimizer) -> list[list[list[int]]]:
@@ -19,7 +23,8 @@ def param_shapes(optimizer: torch.optim.Optimizer) -> list[list[list[int]]]:
 
 def stamp(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
     """``state_dict`` with the optimizer's class name and parameter shapes added."""
-    return {**state_dict, "optimizer_class": type(optimizer).__name__, "param_shapes": param_shapes(optimizer)}
+    return {**state_dict, "optimizer_class": type(optimizer).__name__, "optimizer_variant": optimizer.variant(),
+            "param_shapes": param_shapes(optimizer)}
 
 
 def check_loadable(optimizer: torch.optim.Optimizer, state_dict) -> dict:
@@ -44,7 +49,29 @@ def check_loadable(optimizer: torch.optim.Optimizer, state_dict) -> dict:
         raise ValueError(f"state_dict: saved for parameters of shapes {_short(shapes)}, this {name}'s are "
                          f"{_short(param_shapes(optimizer))} (another width or another model?); build the "
                          "optimizer for the model the checkpoint came from")
+    saved_variant, variant = state_dict.get("optimizer_variant"), optimizer.variant()
+    if saved_variant is not None and saved_variant != variant:
+        raise ValueError(f"state_dict: saved by a {saved_class or name} with {saved_variant}, cannot be loaded into "
+                         f"one with {variant}: its learning rates and dampings belong to the other")
+    _check_finite(state_dict)
     return {k: v for k, v in state_dict.items() if k not in STAMP_KEYS}
+
+
+def _check_finite(state_dict: dict) -> None:
+    """Every saved tensor and number is finite: a NaN factor would make every parameter NaN at
+    the next step."""
+    state = state_dict["state"]
+    for key, st in (state.items() if isinstance(state, dict) else []):
+        for name, v in (st.items() if isinstance(st, dict) else []):
+            bad = (torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())) or \
+                  (isinstance(v, float) and not math.isfinite(v))
+            if bad:
+                raise ValueError(f"state_dict: the saved state holds NaN or Inf ({name!r} of parameter {key}); "
+                                 "refusing it: the next step would make every parameter NaN")
+    for g in state_dict["param_groups"] if isinstance(state_dict["param_groups"], list) else []:
+        for name, v in (g.items() if isinstance(g, dict) else []):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"state_dict: param group {name} is {v}, expected a finite number")
 
 
 def _short(shapes) -> str:

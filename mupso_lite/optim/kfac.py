@@ -402,8 +402,13 @@ class KFAC(torch.optim.Optimizer):
         sd["kfac_steps"] = self._steps
         return stamp(self, sd)
 
+    def variant(self) -> dict:
+        """What a checkpoint must match besides the shapes: K-FAC or FOOF, and the damping mode."""
+        return {"foof": self.foof, "damping_mode": self.damping_mode}
+
     def load_state_dict(self, state_dict):
-        """Load a state saved by a K-FAC over the same layers and shapes (else ValueError)."""
+        """Load a state saved by a K-FAC of the same variant over the same layers and shapes, with
+        finite numbers only (else ValueError, and nothing changes)."""
         state_dict = check_loadable(self, state_dict)
         steps = state_dict.pop("kfac_steps", 0)
         super().load_state_dict(state_dict)

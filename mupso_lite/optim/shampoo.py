@@ -204,8 +204,13 @@ class Shampoo(torch.optim.Optimizer):
     def state_dict(self):
         return stamp(self, super().state_dict())
 
+    def variant(self) -> dict:
+        """What a checkpoint must match besides the shapes: the root and the eps mode."""
+        return {"root": self.root, "eps_mode": self.eps_mode}
+
     def load_state_dict(self, state_dict):
-        """Load a state saved by a Shampoo over the same layers and shapes (else ValueError)."""
+        """Load a state saved by a Shampoo of the same variant over the same layers and shapes, with
+        finite numbers only (else ValueError, and nothing changes)."""
         super().load_state_dict(check_loadable(self, state_dict))
 
     def remove_hooks(self):
