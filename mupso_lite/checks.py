@@ -3,6 +3,7 @@ says what was wanted and shows what was given."""
 from __future__ import annotations
 
 import math
+import numbers
 
 
 def check_choice(arg: str, value, choices) -> str:
@@ -20,6 +21,20 @@ def check_positive(arg: str, value, integer: bool = False, allow_zero: bool = Fa
         want = "a finite number >= 0" if allow_zero else "a finite number > 0"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise TypeError(f"{arg}: expected {want}, got {value!r} ({type(value).__name__})")
+    if isinstance(value, int) and not integer and abs(value) > 1e308:   # float(value) would overflow
+        raise ValueError(f"{arg}: expected {want}, got an integer with {len(str(abs(value)))} digits, "
+                         "too large for a float")
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{arg}: expected {want}, got {value!r}")
+    return value
+
+
+def check_seed(arg: str, value) -> int:
+    """A random seed: an integer in 0 .. 2**32 - 1 (what torch and numpy both accept); numpy
+    integers are taken as ints."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
+    check_positive(arg, value, integer=True, allow_zero=True)
+    if value >= 2 ** 32:
+        raise ValueError(f"{arg}: expected an integer in 0..{2 ** 32 - 1}, got {value}")
     return value

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .checks import check_positive
+from .checks import check_positive, check_seed
 from .roles import layer_roles
 from .train import train
 
@@ -131,7 +131,7 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
         raise ValueError(f"steps: expected a positive integer or a non-empty list of steps, got {steps!r}")
     for s in record_steps:
         check_positive("steps", s, integer=True)
-    seeds = list(seeds)
+    seeds = [check_seed("seeds", s) for s in seeds]
     if not seeds:
         raise ValueError("seeds: expected at least one seed, got an empty sequence")
     if isinstance(data, str):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import check_seed
 from .safe_pickle import BatchUnpickler, RefusedPickleError, RestrictedUnpickler, UnsafePickleError  # noqa: F401
 
 TASKS = ("classification", "regression")
@@ -93,7 +94,8 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
     x, y = load_digits(return_X_y=True)
-    xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_fraction, random_state=check_seed("seed", seed),
+                                          stratify=y)
     return _classification("digits", xtr, ytr, xte, yte, 10, (1, 8, 8))
 
 
@@ -114,7 +116,7 @@ def teacher(n_train: int = 2048, n_test: int = 512, d_in: int = 16, d_out: int =
         raise ValueError(f"d_out: a classification teacher needs at least 2 classes, got {d_out!r}")
     if not noise >= 0:
         raise ValueError(f"noise: expected a number >= 0, got {noise!r}")
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(check_seed("seed", seed))
     w1 = torch.randn(teacher_width, d_in, generator=g) / d_in ** 0.5
     w2 = torch.randn(d_out, teacher_width, generator=g) / teacher_width ** 0.5
     x = torch.randn(n_train + n_test, d_in, generator=g)
@@ -127,6 +129,7 @@ def teacher(n_train: int = 2048, n_test: int = 512, d_in: int = 16, d_out: int =
 
 def mnist1d(seed: int = 0, num_samples: int = 5000, train_split: float = 0.8) -> Dataset:
     """MNIST-1D (length-40 signals, 10 classes), generated locally by the ``mnist1d`` package."""
+    check_seed("seed", seed)
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as e:

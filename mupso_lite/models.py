@@ -11,7 +11,7 @@ import warnings
 import torch
 from torch import nn
 
-from .checks import check_choice, check_positive
+from .checks import check_choice, check_positive, check_seed
 from .roles import WEIGHT_LAYERS, layer_roles, model_widths, tag_roles  # noqa: F401 (re-exported)
 from .scaling import OPTIMIZERS, layer_scales
 
@@ -73,7 +73,7 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes[:-1], sizes[1:]))
         self.act = ACTIVATIONS[activation.lower()]()
         tag_roles(self, width, base_width)
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        gen = torch.Generator().manual_seed(check_seed("seed", seed)) if seed is not None else None
         init_weights(self, param, sigma=sigma, zero_readout=zero_readout, generator=gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +110,7 @@ class CNN(nn.Module):
         self.readout = nn.Linear(width, d_out, bias=bias)
         self.act = ACTIVATIONS[activation.lower()]()
         tag_roles(self, width, base_width)
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        gen = torch.Generator().manual_seed(check_seed("seed", seed)) if seed is not None else None
         init_weights(self, param, sigma=sigma, zero_readout=zero_readout, generator=gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

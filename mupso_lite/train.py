@@ -21,7 +21,7 @@ from torch import nn
 
 from .divergence import DivergenceRule, hint_for
 from .losses import loss_function
-from .checks import check_positive
+from .checks import check_positive, check_seed
 from .roles import layer_roles
 
 
@@ -199,6 +199,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, data="digits", ste
     check_positive("steps", steps, integer=True)
     check_positive("batch_size", batch_size, integer=True)
     check_positive("probe_size", probe_size, integer=True)
+    check_seed("seed", seed)
     if eval_every is not None:
         check_positive("eval_every", eval_every, integer=True)
     if not isinstance(optimizer, torch.optim.Optimizer):

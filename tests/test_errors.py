@@ -88,3 +88,27 @@ def test_train_arguments_fail_before_any_work():
     with pytest.raises(ValueError, match="name"):
         next(ml.train(model, opt, "imagenet"))
     assert torch.equal(model.layers[0].weight, w0)
+
+
+@pytest.mark.parametrize("call,exc,words", [
+    (lambda: ml.MLP(64, 10, 32, seed="x"), TypeError, "seed: expected an integer >= 0, got 'x'"),
+    (lambda: ml.CNN((1, 8, 8), 10, 16, seed=-1), ValueError, "seed: expected an integer >= 0, got -1"),
+    (lambda: ml.MLP(64, 10, 32, seed=2 ** 40), ValueError, "seed: expected an integer in 0..4294967295"),
+    (lambda: ml.datasets.digits(seed="a"), TypeError, "seed"),
+    (lambda: ml.datasets.teacher(seed=-1), ValueError, "seed"),
+    (lambda: ml.run(ml.MLP(64, 10, 16), ml.optim.make_optimizer(ml.MLP(64, 10, 16), "sgd", lr=0.1), "digits",
+                    steps=1, seed="x"), TypeError, "seed"),
+    (lambda: ml.coord_check(lambda w, seed=0: ml.MLP(64, 10, w, seed=seed), "sgd", widths=(32, 64), seeds=("a",),
+                            steps=1, data="digits"), TypeError, "seeds"),
+    (lambda: ml.make_optimizer(ml.MLP(64, 10, 16), "kfac", lr=10 ** 400), ValueError, "lr: .*401 digits"),
+])
+def test_seeds_and_huge_integers_get_clear_errors(call, exc, words):
+    """Before: torch's 'manual_seed expected a long', sklearn's InvalidParameterError, an
+    OverflowError from math.isfinite."""
+    with pytest.raises(exc, match=words):
+        call()
+
+
+def test_numpy_integer_seeds_are_accepted():
+    import numpy as np
+    assert ml.MLP(64, 10, 16, seed=np.int64(3)).layers[0].weight.shape == (16, 64)
