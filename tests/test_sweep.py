@@ -426,3 +426,19 @@ def test_repairs_running_alongside_appends_lose_no_line(tmp_path):
             p.wait(timeout=60)
     keys = [r["key"] for r in read_records(results)]
     assert len(keys) == len(set(keys)) == 300 and results.read_bytes().endswith(b"\n")
+
+
+def test_a_ctrl_c_during_submit_is_held_not_lost():
+    """The pool's submit holds SIGINT (blocked, so the workers it starts cannot get it before they
+    ignore it); a Ctrl-C that arrives meanwhile must reach the sweep when the block ends. With
+    SIGINT ignored there instead, it was lost and the whole grid ran."""
+    import os
+    import signal
+
+    from mupso_lite.executors import sigint_held
+    reached_end_of_block = False
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached_end_of_block = True
+    assert reached_end_of_block
