@@ -185,7 +185,10 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_finished_runs(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mupso_lite", "sweep", "--widths", "16,24,32,40,48,56",
                              "--lrs", "0.05", "--optimizers", "kfac", "--datasets", "teacher", "--steps", "3000",
                              "--executor", "local", "--workers", "2", "--no-progress", "--results", str(results)],
-                            cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a terminal's process: Ctrl-C not ignored, even when this test runs in a background
+                            # job of a non-interactive shell (which starts its commands with SIGINT ignored)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 180
         while time.time() < deadline and not (results.exists() and results.read_bytes().count(b"\n") >= 1):

@@ -437,8 +437,14 @@ def test_a_ctrl_c_during_submit_is_held_not_lost():
 
     from mupso_lite.executors import sigint_held
     reached_end_of_block = False
-    with pytest.raises(KeyboardInterrupt):
-        with sigint_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            reached_end_of_block = True
+    # Python's Ctrl-C handler, as in a terminal (a background job of a non-interactive shell
+    # inherits SIGINT ignored, and then no Ctrl-C reaches it at all)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with sigint_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                reached_end_of_block = True
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert reached_end_of_block
