@@ -51,20 +51,30 @@ class Serial:
 
 @contextmanager
 def sigint_held():
-    """Hold SIGINT in this block: blocked, not ignored (main thread; elsewhere a no-op). Workers
-    started here inherit the blocked mask, so a Ctrl-C cannot interrupt them before they ignore
-    it, and one that arrives meanwhile stays pending and reaches this process (as
-    KeyboardInterrupt) when the block ends. Ignoring it instead lost it: about one Ctrl-C in 20
-    landed in a submit, and the whole grid ran. Without ``pthread_sigmask`` (Windows): ignored."""
+    """Hold Ctrl-C in this block (main thread; elsewhere a no-op): it is neither lost nor raised
+    inside, but raised as KeyboardInterrupt when the block ends. SIGINT is blocked in this thread,
+    so the pool workers started here inherit the blocked mask and cannot get it before they ignore
+    it; and Python's handler is replaced by one that only records it, since another thread may
+    take a process-directed SIGINT. Ignoring it instead lost it: a Ctrl-C that landed in a submit
+    let the whole grid run. A process started with Ctrl-C ignored (a background job) keeps
+    ignoring it. Without ``pthread_sigmask`` (Windows): ignored, as before."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         with sigint_ignored():
             yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old_handler, received = signal.getsignal(signal.SIGINT), []
+    honoured = old_handler not in (signal.SIG_IGN, None)
+    if honoured:
+        signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)   # a pending Ctrl-C arrives now: recorded
+        if honoured:
+            signal.signal(signal.SIGINT, old_handler)
+            if received:
+                raise KeyboardInterrupt
 
 
 def _init_worker(parent: int):
