@@ -314,7 +314,8 @@ class KFAC(torch.optim.Optimizer):
         return ra > 0 and (self.foof or rb > 0)
 
     def _pushthrough_update(self, group, st, name, x, gout):
-        """(B + rho_B I)^-1 G (A + rho_A I)^-1 from R x R solves (``linalg.pushthrough_precondition``).
+        """(B + rho_B I)^-1 G (A + rho_A I)^-1 from R x R solves, as (left, right) with the update =
+        left^T right (``linalg.pushthrough_factors``; ``_apply`` adds it to the weight in one GEMM).
         The factors are never formed, so the state holds no A, B or inverses; traces for the
         "pi"/"trace" damping come from the batch: tr A = |x|^2 / R, tr B = n |gout|^2."""
         n = self.capture.batch_size(name)
