@@ -26,14 +26,14 @@ from .coord import CoordCheck, coord_check, fit_slope, theory_slopes
 from .divergence import DivergenceRule
 from .losses import cross_entropy, half_mse
 from .models import CNN, MLP, init_weights, layer_roles, tag_roles
-from .optim import KFAC, Shampoo, make_optimizer
+from .optim import KFAC, MuAdam, MuSGD, Shampoo, make_optimizer
 from .parametrize import parametrize
 from .scaling import ROLES, Rule, layer_scales, rule, scaling_table
 from .sweep import load_results, sweep
 from .train import FeatureProbe, evaluate, resolve_device, run, train
 from .version import __version__
 
-__all__ = ["CNN", "CoordCheck", "Dashboard", "DivergenceRule", "FeatureProbe", "KFAC", "MLP", "ROLES", "Rule", "Shampoo",
+__all__ = ["CNN", "CoordCheck", "Dashboard", "DivergenceRule", "FeatureProbe", "KFAC", "MLP", "MuAdam", "MuSGD", "ROLES", "Rule", "Shampoo",
            "coord_check", "cross_entropy", "datasets", "evaluate", "fit_slope", "half_mse", "init_weights",
            "layer_roles", "layer_scales", "load_results", "make_optimizer", "parametrize", "plots", "resolve_device", "rule",
            "run", "scaling_table", "sweep", "tag_roles", "theory_slopes", "train"]

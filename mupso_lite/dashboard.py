@@ -37,7 +37,7 @@ import plotly.graph_objects as go
 from .dashboard_runs import (DEFAULTS, FEATURE_TITLE, OPTIMIZERS, PARAMS, WIDTHS, Runs, Settings, builtin_datasets,
                              width_axis)
 from .data import Dataset
-from .live import LOG_AXIS, Job, LiveFigure, drop_file_watch, figure_widget, widget_tree
+from .live import LOG_AXIS, Job, LiveFigure, choice_control, drop_file_watch, figure_widget, widget_tree
 from .checks import check_choice, check_positive
 from .train import resolve_device
 
@@ -47,6 +47,7 @@ BATCH_SIZES = (16, 32, 64, 128, 256, 512)
 FISHER_CHOICES = [("auto: MC for regression", "auto"), ("empirical", "empirical"), ("MC (sampled)", "mc")]
 # The curvature memory: the decay d of K-FAC's factors (F <- d F + (1 - d) F_batch) or Shampoo's statistics.
 MEMORY_CHOICES = [("this batch (the theory)", 0.0)] + [(f"average, decay {d:g}", d) for d in (0.5, 0.9, 0.95, 0.99)]
+OPTIMIZER_NAMES, PARAM_NAMES, FISHER_NAMES = ([v for _, v in c] for c in (OPTIMIZERS, PARAMS, FISHER_CHOICES))
 
 
 class Dashboard(Runs):
@@ -113,20 +114,23 @@ class Dashboard(Runs):
             "width": log_slider(width, 2, WIDTHS, 1, "width M", ".0f"),
             "lr": log_slider(lr, 10, LRS, 0.1, "learning rate", ".2g"),
             "damping": log_slider(damping, 10, DAMPINGS, 0.1, "damping", ".1e"),
-            "optimizer": W.Dropdown(options=OPTIMIZERS, value=optimizer, description="optimizer",
-                                    style=style, layout=wide),
-            "param": W.ToggleButtons(options=PARAMS, value=param, description="parametrization",
-                                     style={**style, "button_width": "70px"}, layout=wide),
-            "dataset": W.Dropdown(options=dataset_names(self.extra_datasets), value=dataset,
-                                  description="dataset", style=style, layout=wide),
+            "optimizer": choice_control(W.Dropdown, "optimizer", lambda v: check_choice("optimizer", v, OPTIMIZER_NAMES),
+                                        options=OPTIMIZERS, value=optimizer, description="optimizer",
+                                        style=style, layout=wide),
+            "param": choice_control(W.ToggleButtons, "param", lambda v: check_choice("param", v, PARAM_NAMES),
+                                    options=PARAMS, value=param, description="parametrization",
+                                    style={**style, "button_width": "70px"}, layout=wide),
+            "dataset": choice_control(W.Dropdown, "dataset", options=dataset_names(self.extra_datasets),
+                                      value=dataset, description="dataset", style=style, layout=wide),
             "depth": W.IntSlider(value=depth, min=DEPTHS[0], max=DEPTHS[1], description="depth (layers)", **kw),
-            "batch_size": W.SelectionSlider(options=list(BATCH_SIZES), value=batch_size,
-                                            description="batch size", **kw),
+            "batch_size": choice_control(W.SelectionSlider, "batch_size", options=list(BATCH_SIZES),
+                                         value=batch_size, description="batch size", **kw),
             "steps": W.IntSlider(value=steps, min=STEPS[0], max=STEPS[1], step=5, description="steps", **kw),
-            "fisher": W.Dropdown(options=FISHER_CHOICES, value=fisher, description="Fisher (K-FAC)",
-                                 style=style, layout=wide),
-            "memory": W.Dropdown(options=MEMORY_CHOICES, value=memory, description="curvature", style=style,
-                                 layout=wide, tooltip="curvature memory (K-FAC, FOOF, Shampoo): this batch's "
+            "fisher": choice_control(W.Dropdown, "fisher", lambda v: check_choice("fisher", v, FISHER_NAMES),
+                                     options=FISHER_CHOICES, value=fisher, description="Fisher (K-FAC)",
+                                     style=style, layout=wide),
+            "memory": choice_control(W.Dropdown, "memory", _memory, options=MEMORY_CHOICES, value=memory,
+                                     description="curvature", style=style, layout=wide, tooltip="curvature memory (K-FAC, FOOF, Shampoo): this batch's "
                                  "curvature, or an average over past batches with this decay"),
         }
         self._enable_controls(optimizer)
@@ -168,9 +172,7 @@ class Dashboard(Runs):
         """The whole dashboard as one ipywidgets box (built once)."""
         if not hasattr(self, "_widget"):
             c, b = self.controls, self.buttons
-            grid = W.GridBox([c["width"], c["lr"], c["damping"], c["optimizer"], c["param"], c["dataset"],
-                              c["depth"], c["batch_size"], c["steps"], c["fisher"], c["memory"]],
-                             layout=W.Layout(grid_template_columns="repeat(3, 340px)"))
+            grid = W.GridBox(list(c.values()), layout=W.Layout(grid_template_columns="repeat(3, 340px)"))
             self._widget = W.VBox([grid, W.HBox(list(b.values())), self.status_widget,
                                    W.HBox([self.loss_figure, self.feature_figure]), self.width_figure])
         return self._widget
@@ -355,8 +357,8 @@ def _memory(value) -> float:
 def check_arguments(width, lr, damping, optimizer, param, dataset, depth, batch_size, steps, seed, fisher, memory,
                     datasets, coord_widths, coord_steps, coord_seeds, update_interval) -> dict:
     """Dashboard's arguments checked and normalized; ValueError/TypeError naming the bad one."""
-    optimizer = check_choice("optimizer", optimizer, [v for _, v in OPTIMIZERS])
-    param = check_choice("param", param, [v for _, v in PARAMS])
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZER_NAMES)
+    param = check_choice("param", param, PARAM_NAMES)
     if datasets is None:
         datasets = {}
     if not isinstance(datasets, dict):
@@ -372,7 +374,7 @@ def check_arguments(width, lr, damping, optimizer, param, dataset, depth, batch_
         raise ValueError(f"dataset: expected one of {', '.join(map(repr, names))} (add others with "
                          f"datasets={{name: Dataset}}), got {dataset!r}")
     lr0, damping0 = DEFAULTS[optimizer]
-    fisher = check_choice("fisher", fisher, [v for _, v in FISHER_CHOICES])
+    fisher = check_choice("fisher", fisher, FISHER_NAMES)
     out = dict(optimizer=optimizer, param=param, dataset=dataset, datasets=dict(datasets), fisher=fisher,
                memory=_memory(memory),
                width=_integer("width", width, *WIDTHS),

@@ -15,12 +15,14 @@ the same readable layout (legend below the axes, decade-only log ticks, human ax
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import time
 import traceback
 from typing import Callable
 
 import ipywidgets as W
+import traitlets
 import plotly.graph_objects as go
 
 
@@ -227,3 +229,40 @@ def drop_file_watch(widget) -> None:
                         signal.disconnect(callback)
                 except Exception:  # noqa: BLE001, S112 - an empty cell or a changed psygnal: leave it
                     continue
+
+
+class ControlError(traitlets.TraitError, ValueError):
+    """A value outside a control's options (a ValueError too, like the constructor's checks)."""
+
+
+_CHECKED: dict = {}
+
+
+def choice_control(cls, arg: str, normalize: Callable | None = None, **kw):
+    """A ``cls`` selection widget (Dropdown, ToggleButtons, SelectionSlider) whose ``value =``
+    takes what the Dashboard's argument takes (``normalize``: e.g. "KFAC" -> "kfac") and refuses
+    anything else with an error naming ``arg`` and its options, instead of traitlets'
+    "Invalid selection: value not found"."""
+    if cls not in _CHECKED:
+        class Checked(cls):
+            def __init__(self, *, arg, normalize=None, **kw):
+                self._arg, self._normalize = arg, normalize
+                super().__init__(**kw)
+
+            @traitlets.validate("value")
+            def _validate_value(self, proposal):
+                value = proposal.value
+                if self._normalize is not None:
+                    try:
+                        value = self._normalize(value)
+                    except (TypeError, ValueError) as e:
+                        raise ControlError(str(e)) from None
+                for option in self._options_values:
+                    numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (option, value))
+                    if (numeric or type(option) is type(value)) and option == value:
+                        return option
+                options = ", ".join(map(repr, self._options_values))
+                raise ControlError(f"{self._arg}: expected one of {options}, got {proposal.value!r}")
+        Checked.__name__ = Checked.__qualname__ = f"Checked{cls.__name__}"
+        _CHECKED[cls] = Checked
+    return _CHECKED[cls](arg=arg, normalize=normalize, **kw)

@@ -1,9 +1,10 @@
-"""Second-order optimizers (K-FAC, FOOF, Shampoo) and make_optimizer, which wires the scaling table into them."""
+"""Second-order optimizers (K-FAC, FOOF, Shampoo), checkpoint-safe SGD and Adam, and make_optimizer, which wires the scaling table into them."""
 from .build import make_optimizer
+from .checkpoint import MuAdam, MuSGD
 from .kfac import KFAC
 from .shampoo import Shampoo
 
-__all__ = ["KFAC", "Shampoo", "make_optimizer", "release_hooks"]
+__all__ = ["KFAC", "MuAdam", "MuSGD", "Shampoo", "make_optimizer", "release_hooks"]
 
 
 def release_hooks(optimizer) -> None:

@@ -2,7 +2,8 @@
 
 The optimizers themselves know nothing about width; this function turns one base lr and
 one base damping, tuned at the base width M0, into per-layer param groups at width M.
-muP-SGD and muP-Adam are plain ``torch.optim.SGD`` / ``torch.optim.Adam`` with these groups.
+muP-SGD and muP-Adam are ``torch.optim.SGD`` / ``torch.optim.Adam`` with these groups (subclassed
+as ``MuSGD`` / ``MuAdam`` only so that their checkpoints refuse another width).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 from ..roles import layer_roles, model_widths
 from ..checks import check_choice, check_positive
 from ..scaling import OPTIMIZERS, PARAMS, layer_scales
+from .checkpoint import MuAdam, MuSGD
 from .kfac import KFAC
 from .shampoo import Shampoo
 
@@ -76,7 +78,7 @@ def make_optimizer(model: nn.Module, name: str, lr: float, damping: float | None
             if bias_of(m) is not None:
                 groups.append({"params": [bias_of(m)], "lr": s.bias_lr, "layer": s.name + ".bias"})
         groups += other_groups(rest, param, name, lr)
-        cls = torch.optim.SGD if name == "sgd" else torch.optim.Adam
+        cls = MuSGD if name == "sgd" else MuAdam
         return cls(groups, lr=lr, **options)
 
     if name in ("kfac", "foof"):

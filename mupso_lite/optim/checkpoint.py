@@ -2,8 +2,9 @@
 
 ``torch.optim.Optimizer.load_state_dict`` checks only the number of groups and parameters,
 so a K-FAC state saved at width 64 loads into a K-FAC at width 128 (and fails at the next
-``step()``, deep inside a matrix product), and a Shampoo state loads into a K-FAC. The
-state dicts of ``KFAC`` and ``Shampoo`` therefore carry the optimizer's class, its variant
+``step()``, deep inside a matrix product), a Shampoo state loads into a K-FAC, and an SGD
+state from another width silently replaces every layer's width-scaled lr. The state dicts of
+``KFAC``, ``Shampoo``, ``MuSGD`` and ``MuAdam`` (``Checkpointed``) therefore carry the optimizer's class, its variant
 (K-FAC or FOOF and the damping mode; Shampoo's root and eps mode: ``variant()``) and every
 parameter's shape, and ``check_loadable`` compares them, and checks that every saved number is
 finite, before anything is replaced: a state is loaded whole or not at all.
@@ -15,6 +16,31 @@ import math
 import torch
 
 STAMP_KEYS = ("optimizer_class", "optimizer_variant", "param_shapes")
+
+
+class Checkpointed:
+    """Mixin for a ``torch.optim.Optimizer``: ``state_dict`` is stamped, ``load_state_dict``
+    checked by ``check_loadable`` (whole or nothing)."""
+
+    def variant(self) -> dict:
+        """What a checkpoint must match besides the class and the shapes (nothing by default)."""
+        return {}
+
+    def state_dict(self):
+        return stamp(self, super().state_dict())
+
+    def load_state_dict(self, state_dict):
+        """Load a state saved by the same kind of optimizer over the same layers and shapes, with
+        finite numbers only (else ValueError, and nothing changes)."""
+        super().load_state_dict(check_loadable(self, state_dict))
+
+
+class MuSGD(Checkpointed, torch.optim.SGD):
+    """``torch.optim.SGD`` whose checkpoints refuse another width (``make_optimizer(..., "sgd")``)."""
+
+
+class MuAdam(Checkpointed, torch.optim.Adam):
+    """``torch.optim.Adam`` whose checkpoints refuse another width (``make_optimizer(..., "adam")``)."""
 
 
 def param_shapes(optimizer: torch.optim.Optimizer) -> list[list[list[int]]]:

@@ -75,14 +75,14 @@ from ..losses import LOSSES, loss_function, sample_targets
 from ..checks import check_choice, check_positive
 from ..roles import weight_layers
 from .capture import LayerCapture, gradient_matrix, output_rows
-from .checkpoint import check_loadable, stamp
+from .checkpoint import Checkpointed
 from .damping import DAMPING_MODES, bias_damping, kfac_damping
 from .linalg import as_curvature, covers_layer, damped_inverse, gram_update_, matches_batch, precondition, pushthrough_factors
 
 FISHERS = ("auto", "empirical", "mc")
 
 
-class KFAC(torch.optim.Optimizer):
+class KFAC(Checkpointed, torch.optim.Optimizer):
     """K-FAC for the nn.Linear and nn.Conv2d layers of ``model`` (its role-tagged ones, if any).
 
     Args:
@@ -399,9 +399,7 @@ class KFAC(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self):
-        sd = super().state_dict()
-        sd["kfac_steps"] = self._steps
-        return stamp(self, sd)
+        return {**super().state_dict(), "kfac_steps": self._steps}
 
     def variant(self) -> dict:
         """What a checkpoint must match besides the shapes: K-FAC or FOOF, and the damping mode."""
@@ -410,9 +408,9 @@ class KFAC(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         """Load a state saved by a K-FAC of the same variant over the same layers and shapes, with
         finite numbers only (else ValueError, and nothing changes)."""
-        state_dict = check_loadable(self, state_dict)
-        steps = state_dict.pop("kfac_steps", 0)
-        super().load_state_dict(state_dict)
+        steps = state_dict.get("kfac_steps", 0) if isinstance(state_dict, dict) else 0
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "kfac_steps"}
+                                if isinstance(state_dict, dict) else state_dict)
         self._steps = steps
 
     def remove_hooks(self):

@@ -48,13 +48,13 @@ from torch import nn
 from ..checks import check_choice, check_positive
 from ..roles import weight_layers
 from .capture import LayerCapture
-from .checkpoint import check_loadable, stamp
+from .checkpoint import Checkpointed
 from .linalg import current_batch_root_update, inverse_root, matches_batch, precondition
 
 WARMUP = 20  # steps whose inverse roots are always fresh
 
 
-class Shampoo(torch.optim.Optimizer):
+class Shampoo(Checkpointed, torch.optim.Optimizer):
     """Shampoo over ``params`` (tensors or param-group dicts).
 
     Args:
@@ -201,17 +201,9 @@ class Shampoo(torch.optim.Optimizer):
         v_hat = v / (1 - self.graft_beta2 ** (k + 1))
         return torch.linalg.vector_norm(grad / (v_hat.sqrt() + 1e-8))
 
-    def state_dict(self):
-        return stamp(self, super().state_dict())
-
     def variant(self) -> dict:
         """What a checkpoint must match besides the shapes: the root and the eps mode."""
         return {"root": self.root, "eps_mode": self.eps_mode}
-
-    def load_state_dict(self, state_dict):
-        """Load a state saved by a Shampoo of the same variant over the same layers and shapes, with
-        finite numbers only (else ValueError, and nothing changes)."""
-        super().load_state_dict(check_loadable(self, state_dict))
 
     def remove_hooks(self):
         """Detach the capture hooks of ``model=`` (the dense path stays)."""
