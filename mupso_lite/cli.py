@@ -174,9 +174,18 @@ def main(argv=None) -> int:
         return 130
 
 
-def _check_out_dir(flag: str, value: str) -> Path:
-    """``value`` as a folder that exists or can be created and written, else ValueError naming ``flag``."""
+def _check_out_dir(flag: str, value: str, files=()) -> Path:
+    """``value`` as a folder that exists or can be created and written, else ValueError naming ``flag``;
+    each of ``files`` in it must be absent or a writable regular file (a folder, a FIFO or a
+    socket of that name would fail, or block, only after all the work)."""
     path = Path(value)
+    for name in files:
+        f = path / name
+        if (f.exists() or f.is_symlink()) and not (f.is_file() and os.access(f, os.W_OK)):
+            kind = ("a broken link" if not f.exists() else "a folder" if f.is_dir() else
+                    "a read-only file" if f.is_file() else "not a regular file")
+            raise ValueError(f"{flag}: expected a folder where {name} can be written, got {value!r} "
+                             f"({f} is {kind}; remove it or choose another --out)")
     where = path
     while not where.exists() and not where.is_symlink() and where != where.parent:
         where = where.parent
@@ -186,6 +195,11 @@ def _check_out_dir(flag: str, value: str) -> Path:
     if not os.access(where, os.W_OK | os.X_OK):
         raise ValueError(f"{flag}: expected a writable folder, got {value!r} ({where}: permission denied)")
     return path
+
+
+def _js(args) -> tuple:
+    """plotly.min.js, the file ``--plotlyjs directory`` writes beside the figures."""
+    return ("plotly.min.js",) if args.plotlyjs == "directory" else ()
 
 
 def _diverged_line(df) -> str | None:
@@ -226,7 +240,7 @@ def _coord(args) -> int:
     from .plots import OPTIMIZER_NAMES, PARAM_NAMES, coord_check_figure, save_html
     if len(args.lr) != 1:
         raise ValueError(f"--lr: expected one value, got {args.lr}")
-    _check_out_dir("--out", args.out)
+    _check_out_dir("--out", args.out, ("coord.csv", "exponents.csv", "coord.html") + _js(args))
     data = __import__("mupso_lite.data", fromlist=["load"]).load(args.data)
     opts = {k: v for k, v in (("damping_mode", args.damping_mode), ("inverse_interval", args.inverse_interval))
             if v is not None}
@@ -285,7 +299,7 @@ def _sweep(args) -> int:
     grid = {}
     if args.grid:
         try:
-            grid = json.loads(Path(args.grid).read_bytes().decode("utf-8"))
+            grid = json.loads(Path(args.grid).read_bytes().decode("utf-8-sig"))  # an editor's BOM is fine
         except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
             raise ValueError(f"--grid: expected a readable JSON file, got {args.grid!r} ({e})") from None
         if not isinstance(grid, dict) or not grid:
@@ -323,7 +337,8 @@ def _report(args) -> int:
 
     from . import plots
     from .sweep import load_results
-    _check_out_dir("--out", args.out)
+    _check_out_dir("--out", args.out, ("summary.csv", "lr_transfer.html", "damping_transfer.html",
+                                       "accuracy_vs_width.html") + _js(args))
     df = load_results(args.results)
     if df.empty:
         raise ValueError(f"results: expected at least one run in {args.results}, got none")

@@ -2,18 +2,41 @@
 
 Each executor runs ``fn(config, device)`` (``sweep.run_config``) and has the same small
 interface: ``capacity`` (runs at once), ``busy`` (runs under way), ``submit(config)``,
-``next()`` (the next finished result) and ``close(cancel=False)``. Pool workers exit when
-the sweeping process dies and leave Ctrl-C to it; a local Ray instance listens on 127.0.0.1.
+``next()`` (the next finished result, or ``WorkerDied`` for a run whose process died) and
+``close(cancel=False)``. Pool workers exit when the sweeping process dies and leave Ctrl-C to
+it; a local Ray instance listens on 127.0.0.1; a Ray address is probed before Ray connects.
 """
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from collections import deque
 from contextlib import contextmanager
+
+RAY_PROBE_TIMEOUT_S = 5.0  # how long a Ray address may take to accept a TCP connection
+
+
+class WorkerDied(Exception):
+    """The process running ``config`` died (killed, e.g. by the out-of-memory killer) and the
+    executor gave up on it; ``str(self)`` says how."""
+
+    def __init__(self, config, reason):
+        super().__init__(reason)
+        self.config = config
+
+
+def _death(exitcode) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"killed by {name}" + (", e.g. by the out-of-memory killer" if -exitcode == signal.SIGKILL else "")
+    return f"exit code {'unknown' if exitcode is None else exitcode}"
 
 
 @contextmanager
@@ -103,32 +126,113 @@ def _exit_with_parent(parent: int):
 
 
 class Local:
-    """A spawn-started process pool (fork after torch has run threads can hang)."""
+    """A spawn-started process pool (fork after torch has run threads can hang).
+
+    A worker that dies (killed, e.g. by the out-of-memory killer) breaks the pool and loses
+    every run in it. Runs that finished are kept; the lost ones are rerun in a fresh pool one at
+    a time, alone, so that an innocent run is not blamed: one whose worker is killed again then
+    is given up as ``WorkerDied``, and the others go on at full width. A worker that exits by
+    itself (a failed setup, an ``exit()`` call) stops the sweep with a RuntimeError.
+    """
 
     def __init__(self, fn, workers, ray_address, device, n):
+        self.fn, self.device = fn, device
+        self.capacity = min(workers or os.cpu_count() or 1, n)
+        self.running = {}        # future -> config
+        self.waiting = deque()   # submitted, not yet given to the pool
+        self.suspects = deque()  # lost when a worker died: each is rerun alone
+        self.ready = deque()     # finished futures not yet handed out
+        self.alone = None        # the worker process running a suspect alone
+        self.pool = self._new_pool()
+
+    def _new_pool(self):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
-        self.fn, self.device, self.futures = fn, device, set()
-        self.capacity = min(workers or os.cpu_count() or 1, n)
-        self.pool = ProcessPoolExecutor(self.capacity, mp_context=mp.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(os.getpid(),))
+        return ProcessPoolExecutor(self.capacity, mp_context=mp.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(os.getpid(),))
 
     @property
     def busy(self):
-        return len(self.futures)
+        return len(self.running) + len(self.waiting) + len(self.suspects) + len(self.ready)
 
     def submit(self, cfg):
-        with sigint_held():  # a worker started now cannot get Ctrl-C before it ignores it; ours is kept
-            self.futures.add(self.pool.submit(self.fn, cfg, self.device))
+        self.waiting.append(cfg)
+        self._fill()
+
+    def _fill(self):
+        """Give the pool what it may run now: the next suspect alone, else waiting runs."""
+        while True:
+            if self.alone is not None and not self.suspects and not self.running:
+                self.alone = None  # every suspect is done: back to full width
+            if self.suspects:
+                if self.running:
+                    return
+                queue = self.suspects
+            elif self.waiting and len(self.running) < self.capacity and self.alone is None:
+                queue = self.waiting
+            else:
+                return
+            if not self._start(queue[0]):
+                continue  # the pool had broken: look again
+            queue.popleft()
+            if queue is self.suspects:  # workers start on demand: this run has the only one
+                procs = list(self.pool._processes.values())
+                self.alone = procs[0] if len(procs) == 1 else "unknown"
+
+    def _start(self, cfg) -> bool:
+        from concurrent.futures.process import BrokenProcessPool
+        try:
+            with sigint_held():  # a worker started now cannot get Ctrl-C before it ignores it; ours is kept
+                self.running[self.pool.submit(self.fn, cfg, self.device)] = cfg
+        except BrokenProcessPool:  # a worker died between runs
+            self._broken()
+            return False
+        return True
 
     def next(self):
         from concurrent.futures import FIRST_COMPLETED, wait
-        done, _ = wait(self.futures, return_when=FIRST_COMPLETED)
-        fut = done.pop()
-        self.futures.discard(fut)
-        return fut.result()
+        from concurrent.futures.process import BrokenProcessPool
+        while not self.ready:
+            self._fill()
+            done, _ = wait(self.running, return_when=FIRST_COMPLETED)
+            if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
+                self._broken()
+                continue
+            for f in done:
+                del self.running[f]
+                self.ready.append(f)
+        return self.ready.popleft().result()
+
+    def _broken(self):
+        """A worker died: keep what finished, start a fresh pool, queue the lost runs to be
+        rerun alone; raise ``WorkerDied`` for a run that was already alone."""
+        from concurrent.futures import wait
+        from concurrent.futures.process import BrokenProcessPool
+        wait(self.running)  # the broken pool fails every run still in it, and stops its workers
+        lost = []
+        for f, cfg in self.running.items():
+            (lost.append(cfg) if isinstance(f.exception(), BrokenProcessPool) else self.ready.append(f))
+        self.running.clear()
+        self.pool.shutdown(wait=True)
+        self.pool = self._new_pool()
+        alone, self.alone = self.alone, None
+        if alone is None or not lost:
+            self.suspects.extend(lost)
+            return
+        code = None
+        if not isinstance(alone, str):
+            alone.join(10)  # joined by the pool already; its exit code is known
+            code = alone.exitcode
+        if code is None or code >= 0:  # not killed: its setup failed, or something called exit()
+            raise RuntimeError(f"executor='local': expected a worker process to run or be killed, got one that "
+                               f"exited by itself ({_death(code)}), also when rerun alone; its error is printed "
+                               "above (executor='serial' shows it here). The runs that finished are saved: "
+                               "run the same sweep again to resume")
+        raise WorkerDied(lost[0], f"worker process died ({_death(code)}), also when rerun alone")
 
     def close(self, cancel=False):
+        self.waiting.clear()
+        self.suspects.clear()
         if not cancel:
             self.pool.shutdown(wait=True)
             return
@@ -178,6 +282,75 @@ def _ray_init_local(ray, workers):
                            "start a cluster yourself and pass ray_address")
 
 
+def ray_endpoint(address: str):
+    """(host, port) that ``ray.init(address=address)`` connects to, or None for a new local
+    instance ("local"); ValueError naming ``ray_address`` for a malformed address."""
+    want = "expected 'auto', 'local', 'host:port' (a cluster's GCS) or 'ray://host:port' (Ray Client)"
+    addr = address.strip()
+    if addr == "local":
+        return None
+    scheme, sep, rest = addr.rpartition("://")
+    if sep and scheme != "ray":
+        raise ValueError(f"ray_address: {want}, got {address!r}")
+    if addr == "auto":
+        env = os.environ.get("RAY_ADDRESS", "").strip()
+        if env and env != "auto":
+            return ray_endpoint(env)
+        from ray._private import services
+        try:
+            rest = services.canonicalize_bootstrap_address_or_die("auto")
+        except ConnectionError:
+            raise _no_cluster(address, "none found on this machine") from None
+    host, colon, port = rest.rpartition(":")
+    if not colon and sep:
+        host, port = rest, "10001"  # Ray Client's default port
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"ray_address: {want}, got {address!r}")
+    if not sep:  # a GCS address: Ray connects to this node's address for a loopback one
+        from ray._private import services
+        host = getattr(services, "resolve_ip_for_localhost", lambda h: h)(host)
+    return host, int(port)
+
+
+def check_ray_address(address: str, timeout: float | None = None):
+    """Fail fast (ConnectionError naming ``address``) unless a TCP connection to the Ray cluster
+    at ``address`` opens within ``timeout`` seconds: Ray itself retries for many minutes."""
+    endpoint = ray_endpoint(address)
+    if endpoint is None:
+        return
+    timeout = RAY_PROBE_TIMEOUT_S if timeout is None else timeout
+    host, port = endpoint
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        why = f"no answer within {timeout:g} s" if isinstance(e, socket.timeout) else (e.strerror or str(e))
+        raise _no_cluster(address, f"no connection to {host}:{port} ({why})") from None
+
+
+def _no_cluster(address: str, got: str) -> ConnectionError:
+    return ConnectionError(f"ray_address: expected a running Ray cluster at {address!r}, got {got}; start one "
+                           "with `ray start --head` and pass the address it prints, or leave ray_address out "
+                           "to start a local instance")
+
+
+@contextmanager
+def _few_gcs_retries():
+    """Connect to a cluster's GCS with one try instead of Ray's twenty (each up to 40 s), unless
+    the user chose a budget (RAY_NUM_REDIS_GET_RETRIES, RAY_gcs_server_port_wait_time_s)."""
+    from ray._private import ray_constants
+    chosen = {"RAY_NUM_REDIS_GET_RETRIES", "RAY_gcs_server_port_wait_time_s"} & set(os.environ)
+    old = getattr(ray_constants, "NUM_REDIS_GET_RETRIES", None)
+    if chosen or old is None:
+        yield
+        return
+    ray_constants.NUM_REDIS_GET_RETRIES = 1
+    try:
+        yield
+    finally:
+        ray_constants.NUM_REDIS_GET_RETRIES = old
+
+
 class Ray:
     """Ray tasks of one CPU each; attaches to ``ray_address`` or starts a local instance."""
 
@@ -185,13 +358,20 @@ class Ray:
         ray = self.ray = import_ray()
         self.started = not ray.is_initialized()
         if self.started:
-            if ray_address is not None:
+            if ray_address is not None and ray_endpoint(ray_address) is not None:
                 import mupso_lite
-                ray.init(address=ray_address, runtime_env={"py_modules": [os.path.dirname(mupso_lite.__file__)]})
+                check_ray_address(ray_address)
+                try:
+                    with _few_gcs_retries():
+                        ray.init(address=ray_address,
+                                 runtime_env={"py_modules": [os.path.dirname(mupso_lite.__file__)]})
+                except (ConnectionError, RuntimeError, TimeoutError) as e:
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    raise _no_cluster(ray_address, f"no Ray answer ({first})") from None
             else:
                 _ray_init_local(ray, workers)
         cpus = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self.capacity, self.device, self.pending = 2 * cpus, device, []
+        self.capacity, self.device, self.pending = 2 * cpus, device, {}
         self.remote = ray.remote(num_cpus=1)(fn)
 
     @property
@@ -199,16 +379,21 @@ class Ray:
         return len(self.pending)
 
     def submit(self, cfg):
-        self.pending.append(self.remote.remote(cfg, self.device))
+        self.pending[self.remote.remote(cfg, self.device)] = cfg
 
     def next(self):
-        ready, self.pending = self.ray.wait(self.pending, num_returns=1)
-        return self.ray.get(ready[0])
+        ready, _ = self.ray.wait(list(self.pending), num_returns=1)
+        cfg = self.pending.pop(ready[0])
+        try:
+            return self.ray.get(ready[0])
+        except (self.ray.exceptions.WorkerCrashedError, self.ray.exceptions.OutOfMemoryError) as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise WorkerDied(cfg, f"worker process died ({type(e).__name__}: {first})") from None
 
     def close(self, cancel=False):
         for ref in self.pending:
             self.ray.cancel(ref, force=cancel)
-        self.pending = []
+        self.pending = {}
         if self.started:
             self.ray.shutdown()
 

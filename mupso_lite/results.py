@@ -3,7 +3,8 @@
 A *record* is a JSON object with at least "key" (the canonical JSON of its config), "config"
 (a dict) and "status". A writer appends each record with a single ``os.write`` while holding
 an exclusive ``fcntl.flock`` of the file, then fsyncs; readers therefore see whole lines, plus
-at most one incomplete last line left by a writer killed mid-write.
+at most one incomplete last line left by a writer killed mid-write. A UTF-8 byte-order mark
+at the start (an editor's) is ignored.
 
 Nothing here destroys data. Before a sweep writes to a file it checks every line
 (``ResultsFile.open``): a file whose lines are not records (a ``grid.json``, a CSV, binary
@@ -17,7 +18,8 @@ it (a POSIX record lock on the sidecar file ``PATH.lock``, released once the run
 when the process dies), re-reads what the others appended (only the bytes added since its last
 read) before claiming and before appending, and never appends a key that is already finished.
 So no config runs twice at once and no finished key is written twice. The sidecar is empty;
-the last sweep to finish deletes it (one killed with -9 leaves it for the next to delete).
+the last sweep to finish deletes it (one killed with -9 leaves it for the next to delete). It is
+opened without following links: a symlink, folder or pipe there is refused, nothing created.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from pathlib import Path
 
 DONE = ("ok", "diverged")  # statuses that count as finished; "error" runs are retried
 REQUIRED = ("key", "config", "status")
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark: some editors start a file with it
 _RECORD_START = b'{"key"'  # how every record written by sweep begins (json.dumps keeps key order)
 
 
@@ -39,6 +42,8 @@ _RECORD_START = b'{"key"'  # how every record written by sweep begins (json.dump
 def parse_line(path, lineno: int, raw: bytes) -> dict:
     """One line of a results file as a record; ValueError naming the file and the line otherwise."""
     where = f"results: {path}: line {lineno}"
+    if lineno == 1 and raw.startswith(BOM):
+        raw = raw[len(BOM):]
     if b"\0" in raw:
         raise ValueError(f"{where} holds NUL bytes: not a results file (one JSON record per line)")
     try:
@@ -61,6 +66,8 @@ def parse_line(path, lineno: int, raw: bytes) -> dict:
 def _tail(path, lineno: int, tail: bytes):
     """Classify the bytes after the last newline: ("blank", None), ("record", rec) or
     ("fragment", None); anything else raises (the file is not a results file)."""
+    if lineno == 1 and tail.startswith(BOM):
+        tail = tail[len(BOM):]
     if not tail.strip():
         return "blank", None
     try:
@@ -128,6 +135,9 @@ def check_path(results, arg: str = "results", create: bool = True) -> Path:
     path = Path(results)
     if str(results) == "" or path.is_dir():
         raise ValueError(f"{arg}: expected a file path, got the directory {str(path)!r}")
+    if path.is_symlink() and not path.exists():  # creating it would create the link's target
+        raise ValueError(f"{arg}: expected a regular file or a new path, got {str(path)!r} "
+                         f"(a symlink to {os.readlink(path)!r}, which does not exist)")
     if path.exists():
         mode = path.stat().st_mode
         if not stat.S_ISREG(mode):
@@ -143,18 +153,41 @@ def check_path(results, arg: str = "results", create: bool = True) -> Path:
         writable = os.access(where, os.W_OK | os.X_OK)
     if not writable:
         raise ValueError(f"{arg}: expected a writable file path, got {str(path)!r} ({where}: permission denied)")
-    if create:
+    _check_sidecar(sidecar_of(path), arg)
+    if create and not path.exists():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab"):
-                pass
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))  # never through a link
+        except FileExistsError:
+            pass  # another sweep created it; open() checks what it is
         except OSError as e:
             raise ValueError(f"{arg}: expected a writable file path, got {str(path)!r} ({e.strerror})") from e
     return path
 
 
+def sidecar_of(path) -> str:
+    """The claim lock of the results file ``path``: next to the real file, so that sweeps
+    reaching it through different symlinks share it."""
+    return f"{os.path.realpath(path)}.lock"
+
+
+def _check_sidecar(sidecar: str, arg: str = "results"):
+    """ValueError naming ``arg`` unless ``sidecar`` is absent or a regular file (not a link)."""
+    try:
+        mode = os.lstat(sidecar).st_mode
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # unreadable folder: open() then runs without claims
+    if not stat.S_ISREG(mode):
+        what = f"a symlink to {os.readlink(sidecar)!r}" if stat.S_ISLNK(mode) else _kind(mode)
+        raise ValueError(f"{arg}: expected the claim lock {sidecar!r} to be a regular file or absent, got "
+                         f"{what}; remove it (a sweep creates it and never follows a link there)")
+
+
 def _kind(mode) -> str:
-    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+    for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return name
@@ -187,16 +220,24 @@ class ResultsFile:
         """Check and repair the file and read the finished keys; open the sidecar of claims.
         Both under the file lock, as ``close`` deletes the sidecar under it."""
         with self._locked() as fd:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise ValueError(f"results: expected a regular file, got {str(self.path)!r} ({_kind(mode)})")
             self._read_new(fd, fix_tail=True)
-            # next to the real file, so that sweeps reaching it through different symlinks share it
-            self._sidecar = f"{os.path.realpath(self.path)}.lock"
+            self._sidecar = sidecar_of(self.path)
+            _check_sidecar(self._sidecar)
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
             try:
-                self._claims = os.open(self._sidecar, os.O_RDWR | os.O_CREAT, 0o644)
+                self._claims = os.open(self._sidecar, flags, 0o644)
+                if not stat.S_ISREG(os.fstat(self._claims).st_mode):
+                    raise IsADirectoryError(errno.EISDIR, "not a regular file")
                 fcntl.lockf(self._claims, fcntl.LOCK_SH, 1, 0)  # "in use": byte 0, shared by all sweeps
-            except OSError:  # no sidecar or no record locks: no claims; appends stay de-duplicated
+            except OSError as e:  # no sidecar or no record locks: no claims; appends stay de-duplicated
                 if self._claims is not None:
                     os.close(self._claims)
                 self._claims = None
+                if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # planted since the check
+                    _check_sidecar(self._sidecar)  # raises, naming what is there
         return self
 
     def close(self):
@@ -206,7 +247,7 @@ class ResultsFile:
         try:
             with self._locked(create=False):
                 fcntl.lockf(self._claims, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the whole sidecar: nobody else in it
-                if os.stat(self._sidecar).st_ino == os.fstat(self._claims).st_ino:
+                if os.lstat(self._sidecar).st_ino == os.fstat(self._claims).st_ino:
                     os.unlink(self._sidecar)
         except OSError:
             pass  # another sweep still uses it (or the file is gone): leave it

@@ -45,6 +45,13 @@ def layer_roles(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
         raise ValueError("model: expected weight layers tagged with roles (input/hidden/output), "
                          f"got a {type(model).__name__} without any; call ml.tag_roles(model, width=...) "
                          "or build it with ml.MLP / ml.CNN")
+    owner: dict = {}
+    for name, module, _ in out:
+        for p in module.parameters(recurse=False):
+            if owner.setdefault(id(p), name) != name:
+                raise ValueError(f"model: layers {owner[id(p)]!r} and {name!r} share one parameter (tied weights); "
+                                 "each role-tagged layer needs its own weight (its lr and damping depend on its "
+                                 "role): untie them")
     return out
 
 

@@ -9,7 +9,9 @@ several sweeps (processes) may share one results file without running a config t
 
 Executors: "local" (a process pool, one torch thread per worker), "serial" (this process),
 "ray" (a new local Ray instance bound to 127.0.0.1, or the cluster at ``ray_address``). Only
-the sweeping process writes the file, whatever the executor.
+the sweeping process writes the file, whatever the executor. A run whose worker process dies
+(e.g. killed by the out-of-memory killer) is recorded with status "error" once the executor
+gives up on it (see ``executors.Local``); the other runs go on.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ import itertools
 import json
 import math
 import time
+import warnings
 from collections import deque
 from functools import lru_cache
 
-from .executors import RUNNERS, import_ray, sigint_ignored
+from .executors import RUNNERS, WorkerDied, check_ray_address, import_ray, sigint_ignored
 from .results import DONE, ResultsFile, check_path, load_results, read_records  # noqa: F401 (re-exported)
 from .checks import check_choice, check_positive
 from .scaling import OPTIMIZERS, PARAMS
@@ -213,8 +216,10 @@ def sweep(grid, results="results/sweep.jsonl", steps: int | None = None, executo
     Several sweeps may share it (see ``mupso_lite.results``). ``executor="ray"`` starts a new
     local Ray instance whose services listen on 127.0.0.1 only; passing ``ray_address`` (e.g.
     "auto" or "ray://head:10001") instead attaches to that cluster, whose network exposure is
-    the cluster's own configuration. Ctrl-C stops the workers and raises KeyboardInterrupt
-    saying how many runs finished; calling ``sweep`` again resumes.
+    the cluster's own configuration; an address that does not accept a connection within
+    seconds is refused before any run. Ctrl-C stops the workers and raises KeyboardInterrupt
+    saying how many runs finished; calling ``sweep`` again resumes. A run whose worker process
+    died (also when rerun alone) is recorded with status "error", and a RuntimeWarning says so.
     """
     if steps is not None:
         defaults["steps"] = steps
@@ -226,18 +231,18 @@ def sweep(grid, results="results/sweep.jsonl", steps: int | None = None, executo
         raise ValueError(f"ray_address: only used with executor='ray', got executor={executor!r}")
     if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
         raise ValueError(f"ray_address: expected an address such as 'auto' or 'ray://head:10001', got {ray_address!r}")
-    if executor == "ray":
-        import_ray()
+    if executor == "ray" and not import_ray().is_initialized() and ray_address is not None:
+        check_ray_address(ray_address)
     check_path(results, create=False)
     _dry_build(configs)
     store = ResultsFile(check_path(results)).open()
     todo = [c for c in configs if config_key(c) not in store.done]
     bar = _progress(len(todo), len(configs) - len(todo), progress)
-    runner = None
+    runner, died = None, []
     try:
         if todo:
             runner = RUNNERS[executor](run_config, workers, ray_address, device, len(todo))
-            _run_all(todo, runner, store, bar)
+            _run_all(todo, runner, store, bar, died)
     except BaseException as e:
         if runner is not None:
             with sigint_ignored():  # a second Ctrl-C must not cut the cleanup short
@@ -253,14 +258,20 @@ def sweep(grid, results="results/sweep.jsonl", steps: int | None = None, executo
             runner.close()
         store.close()
         bar.close()
+    if died:
+        widths = ", ".join(f"width={c['width']} lr={c['lr']:g}" for c in died[:5]) + (", ..." if len(died) > 5 else "")
+        warnings.warn(f"sweep: {len(died)} run(s) lost their worker process, also when rerun alone ({widths}): "
+                      f"recorded with status 'error' in {store.path}; run the same sweep again to retry them "
+                      "(with fewer workers if memory ran out)", RuntimeWarning, stacklevel=2)
     keys = {config_key(c) for c in configs}
     df = load_results(store.path)
     return df[df["key"].isin(keys)].reset_index(drop=True) if len(df) else df
 
 
-def _run_all(todo, runner, store, bar):
+def _run_all(todo, runner, store, bar, died):
     """Run ``todo`` on ``runner``, at most ``runner.capacity`` at a time; each config is
-    claimed first and skipped if another sweep on the same file finished it meanwhile."""
+    claimed first and skipped if another sweep on the same file finished it meanwhile. A run
+    whose worker died is recorded as an error and added to ``died``."""
     queue = deque(todo)
     while queue or runner.busy:
         for _ in range(len(queue)):
@@ -276,7 +287,11 @@ def _run_all(todo, runner, store, bar):
             else:
                 runner.submit(cfg)
         if runner.busy:
-            rec = runner.next()
+            try:
+                rec = runner.next()
+            except WorkerDied as e:
+                died.append(e.config)
+                rec = _died_record(e.config, str(e))
             store.append(rec)
             store.release(rec["key"])
             bar.update(1)
@@ -284,6 +299,14 @@ def _run_all(todo, runner, store, bar):
                 bar.set_postfix_str(f"last: {rec['status']}")
         elif queue:
             time.sleep(0.2)  # all that is left is being run by other sweeps
+
+
+def _died_record(cfg, message):
+    """The result line of a run whose process died: status "error" (retried by the next sweep)."""
+    from .version import __version__
+    return {"key": config_key(cfg), "config": cfg, "version": __version__, "status": "error", "message": message,
+            "train_loss": None, "train_accuracy": None, "steps_done": 0, "final_loss": None, "best_loss": None,
+            "curve": [], "finished": time.time()}
 
 
 def _dry_build(configs):

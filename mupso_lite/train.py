@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
 from typing import Callable, Iterator
 
@@ -77,12 +78,14 @@ def check_training_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, da
     """Raise a clear error, before any work, when model, optimizer and data do not fit together:
     empty or non-finite data, labels that do not match the inputs (in the training and the test
     split alike), an optimizer built for another model, or a model whose input/output size
-    differs from the data's d_in/d_out.
+    differs from the data's d_in/d_out (or from its image shape or sequence length, where the
+    model declares ``image_shape`` or ``block``).
     Token sequences (``is_tokens``: int64 x of shape (n, T) with one label per position) are
     accepted as inputs too."""
     layer_roles(model)  # a model without roles
     tokens = _check_split(data, "train", tokens=None)
     _check_split(data, "test", tokens=tokens)   # now, not after the training: evaluate() reads it
+    _check_model_input(model, data, tokens)
     x, y = data.x_train, data.y_train
     own = {id(p) for p in model.parameters()}
     foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in own)
@@ -122,6 +125,13 @@ def _check_split(data, split: str, tokens) -> bool:
         if x.dim() < 2 or x.shape[0] == 0:
             raise ValueError(f"{xa}: expected a non-empty (n, d_in) tensor, got shape {tuple(x.shape)}")
         tokens = is_tokens(data)
+        if not tokens and data.task == "classification" and x.dim() == 2 and tuple(y.shape) == tuple(x.shape):
+            # one label per position: token sequences, one of the two of the wrong kind
+            wrong, arg, want = (x, xa, "int64 token ids") if x.dtype != torch.int64 else (y, ya, "integer labels")
+            raise TypeError(f"{arg}: expected {want} ({ya} has one label per position of {xa}, shape "
+                            f"{tuple(x.shape)}: token sequences), got {wrong.dtype}")
+        if not tokens:
+            _check_image_shape(data, x)
     else:
         train_x = data.x_train
         if tuple(x.shape[1:]) != tuple(train_x.shape[1:]) or x.dtype.is_floating_point != train_x.dtype.is_floating_point:
@@ -152,6 +162,46 @@ def _check_split(data, split: str, tokens) -> bool:
                          + f", got {y.dtype} of shape {tuple(y.shape)}"
                          + ("" if not y.is_floating_point() or bool(torch.isfinite(y).all()) else " with NaN or Inf"))
     return tokens
+
+
+def _check_image_shape(data, x: torch.Tensor) -> None:
+    """``data.image_shape`` (C, H, W), when given, must describe x: C*H*W features of a flat
+    (n, d) x, or x's shape (n, C, H, W) itself."""
+    shape = getattr(data, "image_shape", None)
+    if shape is None:
+        return
+    if not (isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 3) or any(
+            isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in shape):
+        raise ValueError(f"data.image_shape: expected (channels, height, width) as three positive integers "
+                         f"or None, got {shape!r}")
+    feats = tuple(x.shape[1:])
+    if len(feats) == 1 and feats[0] != math.prod(shape):
+        raise ValueError(f"data.image_shape: expected (C, H, W) with C*H*W = {feats[0]} (data.x_train's "
+                         f"features), got {tuple(shape)}")
+    if len(feats) > 1 and feats != tuple(shape):
+        raise ValueError(f"data.image_shape: expected data.x_train's image shape {feats}, got {tuple(shape)}")
+
+
+def _check_model_input(model: nn.Module, data, tokens: bool) -> None:
+    """The inputs against the input shape the model declares, if it declares one:
+    ``model.image_shape`` (C, H, W) for an image model (x of shape (n, C*H*W) or (n, C, H, W);
+    a flat x is reshaped, so C*H*W features alone would pass with the wrong H and W), and an
+    int ``model.block`` for a token model (sequences of at most ``block`` positions)."""
+    x, want = data.x_train, getattr(model, "image_shape", None)
+    if not tokens and isinstance(want, (tuple, list, torch.Size)):
+        want = tuple(want)
+        got = tuple(x.shape[1:]) if x.dim() > 2 else getattr(data, "image_shape", None)
+        if got is not None and tuple(got) != want:
+            raise ValueError(f"data: expected images of shape {want} (the model's image_shape), got images of "
+                             f"shape {tuple(got)} in {getattr(data, 'name', 'data')!r}; build the model with "
+                             f"image_shape={tuple(got)}")
+        if got is None and x.shape[1] != math.prod(want):
+            raise ValueError(f"data: expected inputs with C*H*W = {math.prod(want)} features (the model's "
+                             f"image_shape={want}), got {x.shape[1]} features")
+    block = getattr(model, "block", None)
+    if tokens and isinstance(block, int) and not isinstance(block, bool) and x.shape[1] > block:
+        raise ValueError(f"data: expected sequences of at most {block} tokens (the model's block), got "
+                         f"sequences of {x.shape[1]}; build the model with block >= {x.shape[1]}")
 
 
 def is_tokens(data) -> bool:

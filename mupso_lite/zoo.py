@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_choice, check_positive
+from .models import check_image_shape, param_memory
 from .parametrize import parametrize
 
 __all__ = ["ResidualMLP", "ResNetCNN", "TinyGPT", "build"]
@@ -42,11 +43,14 @@ class ResidualMLP(nn.Module):
         super().__init__()
         for arg, v in (("d_in", d_in), ("d_out", d_out), ("width", width), ("depth", depth)):
             check_positive(arg, v, integer=True)
-        self.embed = nn.Linear(d_in, width)
-        self.blocks = nn.ModuleList(nn.ModuleDict({"norm": nn.LayerNorm(width), "fc1": nn.Linear(width, width),
-                                                   "fc2": nn.Linear(width, width)}) for _ in range(depth))
-        self.norm = nn.LayerNorm(width)
-        self.readout = nn.Linear(width, d_out)
+        # parameters: embed, depth x (LayerNorm + fc1 + fc2), final LayerNorm, readout
+        n = (d_in + 1) * width + depth * (2 * width + 2 * (width + 1) * width) + 2 * width + (width + 1) * d_out
+        with param_memory("ResidualMLP", dict(d_in=d_in, d_out=d_out, width=width, depth=depth), n):
+            self.embed = nn.Linear(d_in, width)
+            self.blocks = nn.ModuleList(nn.ModuleDict({"norm": nn.LayerNorm(width), "fc1": nn.Linear(width, width),
+                                                       "fc2": nn.Linear(width, width)}) for _ in range(depth))
+            self.norm = nn.LayerNorm(width)
+            self.readout = nn.Linear(width, d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(x.flatten(1))
@@ -58,7 +62,8 @@ class ResidualMLP(nn.Module):
 # ---------------------------------------------------------------- 2. a small ResNet
 class ResNetCNN(nn.Module):
     """conv stem -> 2 residual blocks relu(h + BN(conv(relu(BN(conv(h)))))) -> global average
-    pool -> readout. Width = channels; flat inputs are reshaped to ``image_shape`` (C, H, W).
+    pool -> readout. Width = channels; flat inputs are reshaped to ``image_shape`` (C, H, W)
+    (``ml.train`` refuses data whose images have another shape).
 
     BatchNorm always normalizes with the current batch's statistics (``track_running_stats=False``),
     in evaluation too: running averages would make the probe's features at step t differ from
@@ -70,14 +75,18 @@ class ResNetCNN(nn.Module):
         check_positive("width", width, integer=True)
         check_positive("d_out", d_out, integer=True)
         check_positive("blocks", blocks, integer=True)
-        self.image_shape = tuple(int(s) for s in image_shape)
+        self.image_shape = check_image_shape(image_shape)   # 3x3 convs, padding 1: no downsampling
         conv = lambda a, b: nn.Conv2d(a, b, 3, padding=1, bias=False)  # noqa: E731
         norm = lambda: nn.BatchNorm2d(width, track_running_stats=False)  # noqa: E731
-        self.stem, self.stem_norm = conv(self.image_shape[0], width), norm()
-        self.blocks = nn.ModuleList(nn.ModuleDict({"conv1": conv(width, width), "bn1": norm(),
-                                                   "conv2": conv(width, width), "bn2": norm()})
-                                    for _ in range(blocks))
-        self.readout = nn.Linear(width, d_out)
+        # parameters: stem conv + BN, blocks x (2 convs 3x3 + 2 BN), readout
+        n = 9 * self.image_shape[0] * width + 2 * width + blocks * (18 * width ** 2 + 4 * width) + (width + 1) * d_out
+        sizes = dict(image_shape=self.image_shape, d_out=d_out, width=width, blocks=blocks)
+        with param_memory("ResNetCNN", sizes, n):
+            self.stem, self.stem_norm = conv(self.image_shape[0], width), norm()
+            self.blocks = nn.ModuleList(nn.ModuleDict({"conv1": conv(width, width), "bn1": norm(),
+                                                       "conv2": conv(width, width), "bn2": norm()})
+                                        for _ in range(blocks))
+            self.readout = nn.Linear(width, d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
@@ -128,13 +137,21 @@ class TinyGPT(nn.Module):
                        ("block", block)):
             check_positive(arg, v, integer=True)
         check_choice("attention", attention, ("mup", "sp"))
-        self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(block, width)
-        self.blocks = nn.ModuleList(nn.ModuleDict({
-            "ln1": nn.LayerNorm(width), "attn": CausalSelfAttention(width, n_head, attention, attn_mult),
-            "ln2": nn.LayerNorm(width), "fc": nn.Linear(width, 4 * width), "proj": nn.Linear(4 * width, width),
-        }) for _ in range(n_layer))
-        self.norm = nn.LayerNorm(width)
-        self.readout = nn.Linear(width, vocab)
+        if width % n_head:
+            raise ValueError(f"width: expected a multiple of n_head={n_head}, got {width}")
+        self.vocab, self.block = vocab, block   # ids in 0..vocab-1, sequences of at most block tokens
+        # parameters per block: 2 LayerNorms, q k v o, fc (width -> 4 width), proj (4 width -> width)
+        per_layer = 4 * width + 4 * (width + 1) * width + (width + 1) * 4 * width + (4 * width + 1) * width
+        n = (vocab + block) * width + n_layer * per_layer + 2 * width + (width + 1) * vocab
+        sizes = dict(vocab=vocab, width=width, n_layer=n_layer, n_head=n_head, block=block)
+        with param_memory("TinyGPT", sizes, n):
+            self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(block, width)
+            self.blocks = nn.ModuleList(nn.ModuleDict({
+                "ln1": nn.LayerNorm(width), "attn": CausalSelfAttention(width, n_head, attention, attn_mult),
+                "ln2": nn.LayerNorm(width), "fc": nn.Linear(width, 4 * width), "proj": nn.Linear(4 * width, width),
+            }) for _ in range(n_layer))
+            self.norm = nn.LayerNorm(width)
+            self.readout = nn.Linear(width, vocab)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         h = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))

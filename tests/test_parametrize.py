@@ -28,6 +28,14 @@ class Block(nn.Module):
         return self.head(h)
 
 
+class TiedBlock(Block):
+    """Block with the readout tied to the embedding (one tensor, two roles)."""
+
+    def __init__(self, width, vocab=11):
+        super().__init__(width, vocab)
+        self.head.weight = self.emb.weight
+
+
 def test_roles_and_ratios_come_from_shapes():
     model = ml.parametrize(plain_mlp(256), plain_mlp(64))
     roles = [(m.mup_role, m.mup_ratio) for m in model if isinstance(m, nn.Linear)]
@@ -79,6 +87,7 @@ def test_delta_model_when_the_model_is_at_the_base_width():
               nn.Sequential(nn.Linear(4, 16), nn.MultiheadAttention(16, 4))), "nn.MultiheadAttention"),
     (lambda: (plain_mlp(64), nn.Sequential(nn.Linear(16, 64))), "same parameters"),
     (lambda: (plain_mlp(64),) * 2, "separate instance"),
+    (lambda: (TiedBlock(64), TiedBlock(16)), "'emb.weight' and 'head.weight' are one tensor"),
 ])
 def test_refusals_say_the_fix(make, match):
     model, base = make()

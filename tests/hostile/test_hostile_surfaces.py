@@ -1,6 +1,7 @@
 """Hostile use of the newer surfaces: checkpoints of every optimizer, the dashboard's controls
 set from code, the command line's output files. Each case is a clear error before any work
 (naming the argument, what was wanted, what was given), with nothing changed, or a correct result."""
+import math
 import os
 
 import numpy as np
@@ -141,3 +142,63 @@ def test_plotly_js_is_checked_only_when_it_will_be_written(tmp_path, capsys):
         main(["coord-check", "--widths", "16,32", "--steps", "1", "--no-progress", "--out", str(out),
               "--plotlyjs", "directory"])
     assert "plotly.min.js can be written" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- messages that blame the right argument
+def tiny_gpt(width):
+    from mupso_lite.zoo import TinyGPT
+    return TinyGPT(vocab=96, width=width, n_layer=1,
+                   n_head=2, block=16)
+
+
+@pytest.mark.parametrize("which, arg, want", [("x", "data.x_train", "int64 token ids"),
+                                              ("y", "data.y_train", "integer labels")])
+def test_token_sequences_of_the_wrong_kind_name_the_wrong_tensor(which, arg, want):
+    import dataclasses
+    text = ml.datasets.text(block=16)
+    data = dataclasses.replace(text, **{f"{which}_train": getattr(text, f"{which}_train").float()})
+    model = ml.parametrize(tiny_gpt(32), tiny_gpt(16))
+    opt = ml.make_optimizer(model, "sgd", lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match=rf"^{arg}: expected {want} .*token sequences\), got torch.float32"):
+        list(ml.train(model, opt, data, steps=1))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+class ConvNet(torch.nn.Module):
+    """A conv, a grouped conv of ``groups(width)`` groups, a readout; digits as 1x8x8 images."""
+
+    def __init__(self, width, groups):
+        super().__init__()
+        self.inp = torch.nn.Conv2d(1, width, 3, padding=1)
+        self.mix = torch.nn.Conv2d(width, width, 3, padding=1, groups=groups(width))
+        self.out = torch.nn.Linear(width * 64, 10)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.mix(torch.relu(self.inp(x.view(-1, 1, 8, 8))))).flatten(1))
+
+
+def test_a_depthwise_convolution_is_vector_like_and_trains():
+    model = ml.parametrize(ConvNet(32, lambda w: w), ConvNet(8, lambda w: w))
+    assert (model.mix.weight.mup_role, model.mix.weight.mup_ratio) == ("vector", 4.0)
+    opt = ml.make_optimizer(model, "kfac", lr=0.05)
+    sgd_lrs = [g["lr"] for g in opt.param_groups if any(p is model.mix.weight for p in g["params"])]
+    assert sgd_lrs == [pytest.approx(0.05 * 4)]   # muP-SGD's vector rule: lr (M/M0)
+    records = list(ml.train(model, opt, DIGITS, steps=3))
+    assert not records[-1]["diverged"] and math.isfinite(records[-1]["loss"])
+
+
+def test_a_grouped_convolution_whose_groups_grow_says_so():
+    with pytest.raises(ValueError, match=r"'mix.weight' is the weight of a grouped nn.Conv2d \(groups=4\) whose "
+                                         r"channels per group grow"):
+        ml.parametrize(ConvNet(32, lambda w: 4), ConvNet(8, lambda w: 4))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "kfac", "shampoo"])
+def test_hand_tagged_tied_layers_are_refused_by_make_optimizer(name):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 3))
+    model[2].weight = model[0].weight
+    ml.tag_roles(model, width=8)
+    with pytest.raises(ValueError, match=r"model: layers '0' and '2' share one parameter \(tied weights\)"):
+        ml.make_optimizer(model, name, lr=0.1)

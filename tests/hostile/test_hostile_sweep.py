@@ -1,9 +1,12 @@
 """Hostile input to ml.sweep, its results file and the command line: each case names the
 argument in its error, leaves the user's file byte-for-byte as it was, or records the run
-with the right status. Tiny runs only (width 8, 2 steps, the "teacher" data, serial)."""
+with the right status. Tiny runs only (width 8, 2 steps, the "teacher" data, serial, except
+where a pool worker is killed)."""
 import json
 import os
+import signal
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -278,3 +281,167 @@ def test_report_on_a_file_of_only_diverged_runs(tmp_path, finished, capsys):
     import pandas as pd
     row = pd.read_csv(tmp_path / "rep" / "summary.csv").iloc[0]
     assert (row["runs"], row["ok"], row["diverged"]) == (1, 0, 1) and pd.isna(row["train_loss"])
+
+
+# ---------------------------------------------------------------- planted files next to the results
+PLANTS = {"link": (lambda lock, target: lock.symlink_to(target), "a symlink to '.*elsewhere/victim'"),
+          "pipe": (lambda lock, target: os.mkfifo(lock), "a named pipe"),
+          "dir": (lambda lock, target: lock.mkdir(), "a directory")}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("plant", PLANTS)
+@pytest.mark.parametrize("results_exists", [False, True])
+def test_a_planted_lock_is_refused_and_not_followed(tmp_path, finished, plant, results_exists):
+    path, target = tmp_path / "r.jsonl", tmp_path / "elsewhere" / "victim"
+    if results_exists:
+        path.write_bytes(finished)
+    make, got = PLANTS[plant]
+    make(tmp_path / "r.jsonl.lock", target)
+    refused(path, rf"^results: expected the claim lock '.*r\.jsonl\.lock' to be a regular file or absent, got {got}")
+    assert path.exists() == results_exists and not target.parent.exists()  # nothing created
+
+
+def test_a_lock_symlink_planted_after_the_check_is_not_followed(tmp_path, finished, monkeypatch):
+    from mupso_lite import results as results_module
+    path, target = tmp_path / "r.jsonl", tmp_path / "victim"
+    path.write_bytes(finished)
+    real, calls = results_module._check_sidecar, []
+
+    def check_then_plant(sidecar, arg="results"):  # the check passes, then the link appears before the open
+        calls.append(sidecar)
+        return os.symlink(target, sidecar) if len(calls) == 1 else real(sidecar, arg)
+    monkeypatch.setattr(results_module, "_check_sidecar", check_then_plant)
+    with pytest.raises(ValueError, match=r"^results: expected the claim lock .* got a symlink to '.*victim'"):
+        results_module.ResultsFile(path).open()
+    assert not target.exists() and path.read_bytes() == finished
+
+
+def test_a_dangling_results_symlink_is_refused_and_its_target_not_created(tmp_path):
+    target = tmp_path / "elsewhere" / "r.jsonl"
+    (tmp_path / "r.jsonl").symlink_to(target)
+    refused(tmp_path / "r.jsonl", r"^results: expected a regular file or a new path, got '.*r\.jsonl' "
+                                  r"\(a symlink to '.*elsewhere/r\.jsonl', which does not exist\)$")
+    assert not target.parent.exists()
+
+
+# ---------------------------------------------------------------- a byte-order mark
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("ending", [b"\n", b""])
+def test_a_results_file_starting_with_a_bom_is_read(tmp_path, finished, ending):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(BOM + finished.rstrip(b"\n") + ending)
+    assert [r["key"] for r in read_records(path)] == [json.loads(finished)["key"]]
+    df = ml.sweep(GRID, results=path, **RUN)
+    assert len(df) == 1 and path.read_bytes() == BOM + finished  # not rerun; only a missing newline added
+
+
+def test_a_bom_in_the_middle_of_a_results_file_is_still_refused(tmp_path, finished):
+    (tmp_path / "r.jsonl").write_bytes(finished + BOM + finished)
+    refused(tmp_path / "r.jsonl", r"^results: .*r\.jsonl: line 2 is not valid JSON")
+
+
+def test_cli_grid_file_starting_with_a_bom_is_read(tmp_path, capsys):
+    grid = tmp_path / "grid.json"
+    grid.write_bytes(BOM + json.dumps(GRID).encode())
+    assert main(["sweep", "--grid", str(grid), "--steps", "2", "--executor", "serial", "--no-progress",
+                 "--results", str(tmp_path / "r.jsonl")]) == 0
+    assert [r["config"]["width"] for r in read_records(tmp_path / "r.jsonl")] == [8]
+
+
+# ---------------------------------------------------------------- an unreachable Ray cluster
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("address", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}", "10.255.255.1:6379", "auto"])
+def test_an_unreachable_ray_address_fails_fast_naming_it(tmp_path, monkeypatch, address):
+    pytest.importorskip("ray")
+    import socket
+    import time
+    from mupso_lite import executors
+    monkeypatch.setattr(executors, "RAY_PROBE_TIMEOUT_S", 1.0)  # a non-routable address times out
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")  # what "auto" finds
+    address = address.format(port=port)
+    start = time.monotonic()
+    # refused by the probe; or, where a proxy accepts any connection, by Ray's first try
+    with pytest.raises(ConnectionError, match=rf"^ray_address: expected a running Ray cluster at '{address}', got "
+                                              r"no (connection to |Ray answer).*; start one with `ray start --head`"):
+        ml.sweep(GRID, results=tmp_path / "r.jsonl", steps=2, progress=False, executor="ray", ray_address=address)
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "r.jsonl").exists() or (tmp_path / "r.jsonl").read_bytes() == b""  # no run
+    import ray
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("address", ["head", "head:port", "head:70000", "http://head:10001", "ray://"])
+def test_a_malformed_ray_address_names_what_it_wanted(tmp_path, address):
+    pytest.importorskip("ray")
+    with pytest.raises(ValueError, match=r"^ray_address: expected 'auto', 'local', 'host:port' \(a cluster's GCS\) "
+                                         rf"or 'ray://host:port' \(Ray Client\), got '{address}'$"):
+        ml.sweep(GRID, results=tmp_path / "r.jsonl", steps=2, progress=False, executor="ray", ray_address=address)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+# ---------------------------------------------------------------- a pool worker killed
+def dies_at_width_9(cfg, device="cpu"):
+    """``run_config`` in a pool worker, except that the worker running width 9 dies: killed with
+    SIGKILL as the out-of-memory killer does, or by ``os._exit(3)`` with DIE=exit; with DIE=once,
+    only the first time. RUN_LOG gets one line per call."""
+    from mupso_lite.sweep import run_config
+    with open(os.environ["RUN_LOG"], "a") as log:
+        log.write(f"{cfg['width']}\n")
+    if cfg["width"] == 9 and os.environ["DIE"] == "exit":
+        os._exit(3)
+    first = Path(os.environ["RUN_LOG"]).read_text().split().count("9") == 1
+    if cfg["width"] == 9 and (os.environ["DIE"] != "once" or first):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return run_config(cfg, device)
+
+
+def sweep_with_a_dying_run(tmp_path, monkeypatch, die):
+    """Records, DataFrame (or the error) and the widths run, once the sweep is over and checked."""
+    import multiprocessing
+    monkeypatch.setattr(sys.modules["mupso_lite.sweep"], "run_config", dies_at_width_9)
+    monkeypatch.setenv("RUN_LOG", str(tmp_path / "log"))
+    monkeypatch.setenv("DIE", die)
+    try:
+        out = ml.sweep({**GRID, "width": [8, 9, 10, 11]}, results=tmp_path / "r.jsonl", steps=2, executor="local",
+                       workers=2, progress=False)
+    except RuntimeError as e:
+        out = e
+    assert multiprocessing.active_children() == [], "worker processes outlived the sweep"
+    assert sorted(os.listdir(tmp_path)) == ["log", "r.jsonl"], "the claims were not released"
+    return read_records(tmp_path / "r.jsonl"), out, [int(w) for w in (tmp_path / "log").read_text().split()]
+
+
+@pytest.mark.timeout(300)
+def test_a_run_whose_worker_is_killed_is_recorded_as_failed_and_the_others_finish(tmp_path, monkeypatch):
+    with pytest.warns(RuntimeWarning, match=r"^sweep: 1 run\(s\) lost their worker process, also when rerun alone "
+                                            r"\(width=9 lr=0.05\): recorded with status 'error' in .*r\.jsonl; "
+                                            "run the same sweep again to retry them"):
+        records, df, ran = sweep_with_a_dying_run(tmp_path, monkeypatch, "always")
+    assert {r["config"]["width"]: r["status"] for r in records} == {8: "ok", 9: "error", 10: "ok", 11: "ok"}
+    assert len(records) == 4 and sorted(df["width"]) == [8, 9, 10, 11]
+    assert [r["message"] for r in records if r["status"] == "error"] == [
+        "worker process died (killed by SIGKILL, e.g. by the out-of-memory killer), also when rerun alone"]
+    assert ran.count(9) == 2 and max(map(ran.count, (8, 10, 11))) <= 2  # lost runs are rerun once
+
+
+@pytest.mark.timeout(300)
+def test_a_run_whose_worker_is_killed_once_is_rerun_and_recorded_ok(tmp_path, monkeypatch, recwarn):
+    records, df, ran = sweep_with_a_dying_run(tmp_path, monkeypatch, "once")
+    assert len(records) == 4 and {r["status"] for r in records} == set(df["status"]) == {"ok"}, records
+    assert ran.count(9) == 2 and not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_that_exits_by_itself_stops_the_sweep_keeping_what_finished(tmp_path, monkeypatch):
+    records, error, ran = sweep_with_a_dying_run(tmp_path, monkeypatch, "exit")
+    assert isinstance(error, RuntimeError) and str(error).startswith(
+        "executor='local': expected a worker process to run or be killed, got one that exited by itself "
+        "(exit code 3), also when rerun alone;") and str(error).endswith("run the same sweep again to resume")
+    assert {r["status"] for r in records} <= {"ok"} and 9 not in [r["config"]["width"] for r in records]
+    assert ran.count(9) == 2
