@@ -11,7 +11,7 @@ what comes before it on its own line (in parentheses: the helpers of the module 
 
     checks, losses, data (safe_pickle), version       nothing else of the package
     roles -> scaling                                   layer roles, then the exponent table
-    models -> parametrize, optim (build, kfac, shampoo; capture, linalg, checkpoint)
+    models -> parametrize, optim (build, kfac, shampoo, muon, soap; capture, linalg, checkpoint)
     divergence -> train                                the training loop
     coord, sweep (results, executors)                  experiments
     dashboard (dashboard_runs, live), cli (plots)      on top: nothing below imports them
@@ -26,14 +26,15 @@ from .coord import CoordCheck, coord_check, fit_slope, theory_slopes
 from .divergence import DivergenceRule
 from .losses import cross_entropy, half_mse
 from .models import CNN, MLP, init_weights, layer_roles, tag_roles
-from .optim import KFAC, MuAdam, MuSGD, Shampoo, make_optimizer
+from .optim import KFAC, SOAP, MuAdam, MuSGD, Muon, Shampoo, make_optimizer
 from .parametrize import parametrize
 from .scaling import ROLES, Rule, layer_scales, rule, scaling_table
 from .sweep import load_results, sweep
 from .train import FeatureProbe, evaluate, resolve_device, run, train
 from .version import __version__
 
-__all__ = ["CNN", "CoordCheck", "Dashboard", "DivergenceRule", "FeatureProbe", "KFAC", "MLP", "MuAdam", "MuSGD", "ROLES", "Rule", "Shampoo",
+__all__ = ["CNN", "CoordCheck", "Dashboard", "DivergenceRule", "FeatureProbe", "KFAC", "MLP", "MuAdam", "MuSGD", "Muon", "ROLES", "Rule",
+           "SOAP", "Shampoo",
            "coord_check", "cross_entropy", "datasets", "evaluate", "fit_slope", "half_mse", "init_weights",
            "layer_roles", "layer_scales", "load_results", "make_optimizer", "parametrize", "plots", "resolve_device", "rule",
            "run", "scaling_table", "sweep", "tag_roles", "theory_slopes", "train"]

@@ -1,4 +1,4 @@
-"""The width-scaling table: SP and muP for SGD, Adam, K-FAC, Shampoo and FOOF.
+"""The width-scaling table: SP and muP for SGD, Adam, K-FAC, Shampoo, FOOF, Muon and SOAP.
 
 Everything that depends on width reads this module and nothing else.
 
@@ -13,7 +13,7 @@ the one-step derivation is in notebook 02).
 
     init std   sigma / sqrt(fan_in at M0) * factor(b)       (b: init exponent)
     lr         lr * factor(c)                                (c: lr exponent)
-    damping    rho * factor(d)  per K-FAC factor / Shampoo eps
+    damping    rho * factor(d)  per K-FAC factor / Shampoo and SOAP eps
 
 Negative exponents make a quantity *grow* with width (muP-SGD's input-layer lr,
 K-FAC's rho_A in hidden layers). The input layer's fan-in is fixed, so its init std is
@@ -31,7 +31,7 @@ from .roles import layer_roles, model_widths
 
 ROLES = ("input", "hidden", "output")
 PARAMS = ("sp", "mup")
-OPTIMIZERS = ("sgd", "adam", "kfac", "shampoo", "foof")
+OPTIMIZERS = ("sgd", "adam", "kfac", "shampoo", "foof", "muon", "soap")
 
 # The muP init is the same for every optimizer; only lr and damping change.
 _SP_INIT = (0.0, 0.5, 0.5)
@@ -45,7 +45,7 @@ class Rule:
 
     ``damping_a``/``damping_b``: exponents of K-FAC's (and FOOF's) rho_A (input-side factor
     A = E[x x^T]) and rho_B (output-gradient factor B = E[delta delta^T]); ``eps``: exponents
-    of Shampoo's absolute eps. ``None`` means the optimizer has no such quantity.
+    of Shampoo's absolute eps and of SOAP's eps. ``None`` means the optimizer has no such quantity.
     """
 
     param: str
@@ -78,13 +78,26 @@ def rule(param: str, optimizer: str, root: float = 0.25) -> Rule:
     with width over widths up to about 16 B (width exponent -0.27 at B = 64 over
     64...1024, -0.05 over 1024...8192): prefer e = 1/4, or at e = 1/2 ``eps_mode="relative"``
     with eps 1e-2...0.1 (``scripts/exp_shampoo_root.py``).
+
+    Muon and SOAP, from the same argument. With a batch of one, G = delta x^T has rank one and
+    its orthogonalized step is (delta/|delta|)(x/|x|)^T (Muon; SOAP's first step too), so
+    dh = -lr (delta/|delta|) |x|, entries lr |x| / sqrt(fan_out). muP: |x| ~ 1, sqrt(M), sqrt(M)
+    at the input, hidden and output layers and fan_out ~ M, M, 1, so lr ~ sqrt(fan_out/fan_in):
+    exponents (-1/2, 0, 1/2), the spectral condition (Yang, Simon & Bernstein, arXiv 2310.17813),
+    the same as Shampoo at e = 1/4. No damping for Muon. SOAP's eps competes with the rotated
+    gradient G' = Q_L^T G Q_R, entries ~ |delta| |x| ~ M^(-1/2), 1, M^(1/2) (delta entries ~ 1/M
+    below the output, ~ 1 at the output): eps exponents (1/2, 0, -1/2). Biases and other vectors
+    are updated by Adam in both: muP-Adam's lrs (``layer_scales``). SOAP's row holds for its first
+    step only: from step 2 on its basis is older than the gradient, and Adam's entrywise division
+    makes the step dense in that basis, as Adam's is; on the teacher task (batch 64, widths
+    64...2048) the feature change then grows like M^0.5 at the input and hidden layers.
     """
     param = check_choice("param", param, PARAMS)
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     if param == "sp":
         return Rule("sp", optimizer, _SP_INIT, _ZERO, _ZERO if optimizer in ("kfac", "foof") else None,
                     _ZERO if optimizer == "kfac" else None, "standard init, one lr for all layers, fixed damping",
-                    eps=_ZERO if optimizer == "shampoo" else None)
+                    eps=_ZERO if optimizer in ("shampoo", "soap") else None)
     if optimizer == "sgd":
         return Rule("mup", "sgd", _MUP_INIT, (-1.0, 0.0, 1.0), note="lr grows like M at the input layer, falls like 1/M at the output")
     if optimizer == "adam":
@@ -95,6 +108,12 @@ def rule(param: str, optimizer: str, root: float = 0.25) -> Rule:
     if optimizer == "foof":
         return Rule("mup", "foof", _MUP_INIT, (-1.0, -1.0, 0.0), (0.0, -1.0, -1.0), None,
                     "A-side only: lr must absorb delta ~ 1/M")
+    if optimizer == "muon":
+        return Rule("mup", "muon", _MUP_INIT, (-0.5, 0.0, 0.5),
+                    note="orthogonalized step: lr ~ sqrt(fan_out / fan_in) (spectral condition)")
+    if optimizer == "soap":
+        return Rule("mup", "soap", _MUP_INIT, (-0.5, 0.0, 0.5),
+                    note="first step = Muon's: lr ~ sqrt(fan_out / fan_in); eps ~ |delta| |x|", eps=(0.5, 0.0, -0.5))
     e = float(root)
     if not 0.0 < e <= 0.5:
         raise ValueError(f"root: expected a Shampoo exponent in (0, 0.5], got {root!r}")
@@ -128,8 +147,9 @@ def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: fl
     init_std = sigma / sqrt(fan_in) * (M/M0)^(1/2 - b)  for hidden and output layers
                (= sigma / sqrt(fan_in at M0) * (M/M0)^(-b)),  sigma / sqrt(d_in) for the input.
     lr       = lr * (M/M0)^(-c);  damping_{a,b} = damping * (M/M0)^(-d_{a,b});
-    eps      = damping * (M/M0)^(-e_eps)  (Shampoo: ``damping`` is the base eps).
-    Biases: for SGD and Adam, a bias of the input or hidden layer is a "vector-like"
+    eps      = damping * (M/M0)^(-e_eps)  (Shampoo, SOAP: ``damping`` is the base eps).
+    Biases: Muon and SOAP update biases with Adam, at muP-Adam's bias lr (= lr at every width).
+    For SGD and Adam, a bias of the input or hidden layer is a "vector-like"
     parameter (one infinite dimension, like input weights), so it follows the input layer's
     lr exponent; the output bias (finite size) keeps the base lr. K-FAC and FOOF share the
     layer's lr with the bias and precondition it as A's homogeneous coordinate, damped under
@@ -157,6 +177,8 @@ def layer_scales(model, param: str, optimizer: str, lr: float = 1.0, damping: fl
         if optimizer in ("sgd", "adam"):
             bias_role = "input" if role != "output" else None
             bias_lr = lr * r.factor("lr", bias_role, ratio, 1.0) if bias_role else lr
+        elif optimizer in ("muon", "soap"):
+            bias_lr = lr   # Adam's bias rule: factor 1 under SP and muP
         else:
             bias_lr = layer_lr
         da = damping * r.factor("damping_a", role, ratio, 1.0) if r.damping_a else None

@@ -20,7 +20,11 @@ def test_table_rows_match_the_science_notes():
     assert rule("mup", "shampoo").eps == (1, 0, -1)          # eps ~ 1/M, 1, M
     assert rule("mup", "shampoo").damping_a is None and rule("sp", "shampoo").eps == (0, 0, 0)
     assert rule("mup", "foof").lr == (-1, -1, 0)
-    for opt in ("sgd", "adam", "kfac", "shampoo", "foof"):
+    assert rule("mup", "muon").lr == (-0.5, 0, 0.5) and rule("mup", "muon").eps is None   # spectral condition
+    assert rule("mup", "soap").lr == (-0.5, 0, 0.5)
+    assert rule("mup", "soap").eps == (0.5, 0, -0.5)         # eps ~ |delta| |x| ~ M^-1/2, 1, M^1/2
+    assert rule("sp", "soap").eps == (0, 0, 0) and rule("sp", "muon").eps is None
+    for opt in ("sgd", "adam", "kfac", "shampoo", "foof", "muon", "soap"):
         assert rule("sp", opt).init == (0, 0.5, 0.5) and rule("sp", opt).lr == (0, 0, 0)
         assert rule("mup", opt).init == (0, 0.5, 1)
 
@@ -29,8 +33,9 @@ def test_scaling_table_prints_and_renders():
     t = ml.scaling_table()
     text, html = repr(t), t._repr_html_()
     assert "mup" in text and "kfac" in text and "M^-1" in text
-    assert html.startswith("<table") and html.count("<tr>") == 11
-    assert len(t.to_frame()) == 10
+    assert "muon" in text and "M^-1/2, 1, M^1/2" in text     # SOAP's eps column
+    assert html.startswith("<table") and html.count("<tr>") == 15
+    assert len(t.to_frame()) == 14
 
 
 @pytest.mark.parametrize("width", [64, 256, 1024])
@@ -45,7 +50,7 @@ def test_init_std_matches_the_table(width, param):
 
 
 def test_mup_equals_sp_at_base_width():
-    for opt in ("sgd", "adam", "kfac", "shampoo", "foof"):
+    for opt in ("sgd", "adam", "kfac", "shampoo", "foof", "muon", "soap"):
         sp = ml.MLP(10, 3, width=64, base_width=64, param="sp", seed=3)
         mu = ml.MLP(10, 3, width=64, base_width=64, param="mup", seed=3)
         for a, b in zip(sp.parameters(), mu.parameters()):
@@ -65,6 +70,11 @@ def test_layer_scales_lr_and_damping_follow_width():
     sh = {s.role: s for s in layer_scales(model, "mup", "shampoo", lr=0.1, damping=1e-4)}
     assert (sh["input"].lr, sh["output"].lr) == pytest.approx((0.2, 0.05))
     assert (sh["input"].eps, sh["hidden"].eps, sh["output"].eps) == pytest.approx((2.5e-5, 1e-4, 4e-4))
+    so = {s.role: s for s in layer_scales(model, "mup", "soap", lr=0.1, damping=1e-4)}
+    assert (so["input"].lr, so["hidden"].lr, so["output"].lr) == pytest.approx((0.2, 0.1, 0.05))
+    assert (so["input"].eps, so["hidden"].eps, so["output"].eps) == pytest.approx((5e-5, 1e-4, 2e-4))
+    mu = {s.role: s for s in layer_scales(model, "mup", "muon", lr=0.1)}
+    assert (mu["input"].lr, mu["output"].lr, mu["hidden"].bias_lr) == pytest.approx((0.2, 0.05, 0.1))
 
 
 def test_make_optimizer_wires_the_table_into_param_groups():
