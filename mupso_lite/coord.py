@@ -214,6 +214,8 @@ _THEORY = {
     ("sp", "adam", None): (0.0, 1.0, 1.0),
     ("sp", "kfac", "fixed"): (-0.5, -0.5, 0.0),
     ("sp", "shampoo", None): (-0.5, 0.0, 0.5),
+    ("sp", "muon", None): (-0.5, 0.0, 0.5),         # an orthogonalized step: dh entries ~ lr sqrt(fan_in/fan_out)
+    ("sp", "soap", None): (-0.5, 0.0, 0.5),         # its first step is Muon's (the basis of this batch)
     ("mup", "kfac", "fixed"): (-1.0, -1.0, 0.0),   # rho_B dominates |delta|^2 ~ 1/M: dh ~ delta ~ 1/M
     ("mup", "kfac", "pi"): (-1.0, 0.0, 0.0),       # pi ~ M at the input layer: rho_A ~ M freezes it
     ("mup", "kfac", "trace"): (0.0, 0.0, 0.0),
@@ -225,7 +227,7 @@ def theory_slopes(param: str, optimizer: str, damping_mode: str = "table") -> di
     step at a width-independent base lr, or None where the one-step argument gives none.
 
     muP with the table (any optimizer): 0 everywhere. SP: SGD (-1/2, 1/2, 1), Adam (0, 1, 1),
-    K-FAC (-1/2, -1/2, 0), Shampoo (-1/2, 0, 1/2). muP K-FAC damping: "fixed" (-1, -1, 0),
+    K-FAC (-1/2, -1/2, 0), Shampoo, Muon and SOAP (-1/2, 0, 1/2). muP K-FAC damping: "fixed" (-1, -1, 0),
     "pi" (-1, 0, 0), "trace" (0, 0, 0). These are asymptotic (M -> infinity); at finite widths
     a small damping moves a measured slope part of the way (docs/results.md: fixed damping 1e-2
     gives -0.70 / -0.65 / -0.19 at step 1).
