@@ -1,7 +1,7 @@
 """Optimizer speed and memory: one command, prints tables (never a timed unit test).
 
     .venv/bin/python benchmarks/bench_optim.py                 # the full suite (over an hour on a 2-core AMD VM)
-    .venv/bin/python benchmarks/bench_optim.py --quick         # width 1024 only, fewer repeats
+    .venv/bin/python benchmarks/bench_optim.py --quick         # width 1024 only, fewer repeats (every section)
     .venv/bin/python benchmarks/bench_optim.py --only steps --widths 256 1024
 
 Sections (``--only``):
@@ -23,6 +23,14 @@ Sections (``--only``):
            others, several repeats; the table gives the median ms/step and ratios to SGD and
            to ASDL measured in the same run (the machine may be shared: ratios, not absolute
            times, are what to compare).
+  muon_soap  step time of ml.Muon (Newton-Schulz, the default; and orthogonalize="svd"), of
+           torch.optim.Muon (where torch has it: 2-D weights, AdamW for the rest) and of ml.SOAP
+           (eigh every 10 steps), built by ml.make_optimizer, against SGD and Adam on the MLP at
+           widths <= 2048 (torch.optim.Muon and the SVD to 1024), same protocol as ``steps``, and
+           against the floor of each: SGD + the optimizer's linear algebra timed alone
+           (``muon_soap_pieces``: Muon the 5 Newton-Schulz iterations' products, torch.optim.Muon
+           the same in bfloat16, SOAP the 4 rotation products + the L, R updates + eigh / 10).
+               .venv/bin/python benchmarks/bench_optim.py --only muon_soap --widths 256 1024 --repeats 5
   linalg   one damped inverse (Cholesky) and one inverse 4th root (eigh) vs one torch.linalg.eigh
            and one n x n matmul; the low-rank preconditioning and the push-through solve vs dense,
            and the preconditioning's GFLOP/s as a fraction of a plain matmul's.
@@ -50,6 +58,7 @@ from mupso_lite.data import load
 from mupso_lite.optim import release_hooks
 from mupso_lite.optim.linalg import (current_batch_root_update, damped_inverse, gram_update_, inverse_root,
                                      precondition, pushthrough_precondition)
+from mupso_lite.optim.muon import NS_COEFFICIENTS, orthogonalize
 
 BATCH, D_IN, D_OUT, RHO, EPS = 128, 64, 10, 0.1, 1e-4
 SUMMARY = []
@@ -244,6 +253,201 @@ def show(kind, schedule, width, med, floors=None):
     SUMMARY.append(" | ".join(parts))
 
 
+# ---------------------------------------------------------------- Muon and SOAP
+class TorchMuon:
+    """``torch.optim.Muon`` on the 2-D parameters and ``torch.optim.AdamW`` on the rest, as torch's
+    docs say (Muon refuses anything but matrices), behind one ``zero_grad`` / ``step``. Settings as
+    ``ml.Muon``'s defaults: lr 0.02, momentum 0.95, Nesterov, 5 Newton-Schulz steps, no weight
+    decay (torch's default is 0.1)."""
+
+    def __init__(self, model, lr=0.02):
+        mats = [p for p in model.parameters() if p.ndim == 2]
+        rest = [p for p in model.parameters() if p.ndim != 2]
+        self.opts = [torch.optim.Muon(mats, lr=lr, weight_decay=0.0)]
+        if rest:
+            self.opts.append(torch.optim.AdamW(rest, lr=lr, betas=(0.9, 0.95), weight_decay=0.0))
+
+    def zero_grad(self, set_to_none=True):
+        for o in self.opts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self):
+        for o in self.opts:
+            o.step()
+
+
+def muon_soap_builders():
+    """name -> (model -> (optimizer, None)); ``ml.make_optimizer`` builds ours (one group per
+    weight; the MLP has no biases, so every parameter is a matrix and goes through Muon / SOAP)."""
+    b = {
+        "sgd": lambda m: (torch.optim.SGD(m.parameters(), lr=0.01), None),
+        "adam": lambda m: (torch.optim.Adam(m.parameters(), lr=1e-3), None),
+        "muon": lambda m: (ml.make_optimizer(m, "muon", lr=0.02), None),   # Newton-Schulz, 5 steps, float32
+        "muon_svd": lambda m: (ml.make_optimizer(m, "muon", lr=0.02, orthogonalize="svd"), None),
+        "soap": lambda m: (ml.make_optimizer(m, "soap", lr=3e-3), None),  # eigh every 10 steps
+    }
+    if hasattr(torch.optim, "Muon"):   # not in older torch releases
+        b["torch_muon"] = lambda m: (TorchMuon(m), None)
+    return b
+
+
+def muon_soap_affordable(width):
+    """torch.optim.Muon (bfloat16 products, about 4x slower than float32 on a CPU without native
+    bfloat16) and the exact SVD only to M = 1024; ml.Muon and SOAP to M = 2048."""
+    names = ["sgd", "adam", "muon", "torch_muon", "muon_svd", "soap"]
+    return names if width <= 1024 else ["sgd", "adam", "muon", "soap"]
+
+
+def ns_products(x, steps=5):
+    """The matrix products of ``steps`` Newton-Schulz iterations on X (rows <= cols), nothing else:
+    A = X X^T, X <- a X + (b A + c A A) X as two fused ``addmm`` (3 products per iteration)."""
+    a, b, c = NS_COEFFICIENTS
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x
+
+
+def muon_soap_pieces(model, runners=None, names=("muon", "torch_muon", "muon_svd", "soap"), frequency=10,
+                     beta=0.95):
+    """piece -> (function, share per step): the linear algebra of Muon and SOAP for ``model``'s
+    weights, the same operations as the optimizers outside them, float32 unless named. A call runs
+    the piece on every weight; ``share`` is the calls per optimizer step (1 / ``frequency`` for a
+    refresh). The operands are the optimizers' own state in ``runners`` where they have it (LAPACK's
+    SVD and eigh take longer on a random matrix than on a momentum buffer or an L, R whose spectrum
+    decays), else random matrices of the real shapes. Only the pieces of ``names`` are built.
+
+      ns          the 5 Newton-Schulz iterations' products (``ns_products``): Muon's floor
+      ns_bf16     the same in bfloat16 (torch.optim.Muon runs them in bfloat16): its floor
+      ns_ml       ``ml.optim.muon.orthogonalize`` alone (its products plus its unfused scalings)
+      svd         thin SVD + U V^T (``orthogonalize="svd"``), of ml.Muon(svd)'s momentum buffer
+      rotate      G' = Q_L^T G Q_R and the update Q_L N' Q_R^T: 4 products per weight, every step
+      stats       L <- beta L + (1 - beta) G G^T, R likewise (from G: the optimizer sees no batch)
+      eigh        eigh(L) and eigh(R), every ``frequency`` steps
+      m_rotate    what ml.SOAP adds every step: it keeps m in the original basis and rotates it
+                  (Q_L^T m Q_R: 2 products per weight)
+      v_carry     what ml.SOAP adds per refresh: v carried into the new basis (4 products per weight)
+
+    SOAP's floor is rotate + stats + eigh."""
+    g0 = torch.Generator().manual_seed(3)
+    runners = runners or {}
+    per_layer = {}   # piece -> [(function of no argument, share)]
+
+    def state(name, i):
+        """The optimizer ``name``'s state of layer ``i`` and that weight's last gradient, or ({}, None)."""
+        r = runners.get(name)
+        if r is None:
+            return {}, None
+        w = r.model.layers[i].weight
+        return r.opt.state.get(w, {}), w.grad
+
+    def add(piece, fn, share=1.0):
+        per_layer.setdefault(piece, []).append(fn)
+        shares[piece] = share
+
+    def gram(n):
+        a = torch.randn(n, n, generator=g0)
+        return a @ a.T / n + 1e-3 * torch.eye(n)
+
+    shares = {}
+    for i, m in enumerate(model.layers):
+        out_dim, in_dim = m.weight.shape
+        rand = torch.randn(out_dim, in_dim, generator=g0)
+        d = state("muon", i)[0].get("momentum_buffer", rand).clone()
+        x = d / torch.linalg.matrix_norm(d)
+        x = x.T.contiguous() if out_dim > in_dim else x   # the wide orientation, as both implementations
+        if "muon" in names:
+            add("ns", lambda x=x: ns_products(x))
+            add("ns_ml", lambda d=d: orthogonalize(d, "newtonschulz", 5))
+        if "torch_muon" in names:
+            add("ns_bf16", lambda xb=x.bfloat16(): ns_products(xb))
+        if "muon_svd" in names:
+            ds = state("muon_svd", i)[0].get("momentum_buffer", rand).clone()
+            add("svd", lambda ds=ds: (lambda u, s, vh: u @ vh)(*torch.linalg.svd(ds, full_matrices=False)))
+        if "soap" not in names:
+            continue
+        st, grad = state("soap", i)
+        lf, rf = st.get("L", gram(out_dim)).clone(), st.get("R", gram(in_dim)).clone()
+        ql, qr = (st["Q_L"].clone(), st["Q_R"].clone()) if "Q_L" in st else \
+            (torch.linalg.eigh(lf)[1], torch.linalg.eigh(rf)[1])
+        g = grad.clone() if grad is not None else rand
+        mom = st.get("exp_avg", torch.randn(out_dim, in_dim, generator=g0)).clone()
+        v = st.get("exp_avg_sq", torch.rand(out_dim, in_dim, generator=g0)).clone()
+        ql2, qr2 = torch.linalg.eigh(lf)[1], torch.linalg.eigh(rf)[1]
+        l2, r2 = lf.clone(), rf.clone()
+        add("rotate", lambda ql=ql, qr=qr, g=g, mom=mom: (ql.T @ g @ qr, ql @ mom @ qr.T))
+        add("stats", lambda l2=l2, r2=r2, g=g: (l2.addmm_(g, g.T, beta=beta, alpha=1 - beta),
+                                              r2.addmm_(g.T, g, beta=beta, alpha=1 - beta)))
+        add("eigh", lambda lf=lf, rf=rf: (torch.linalg.eigh(lf), torch.linalg.eigh(rf)), 1 / frequency)
+        add("m_rotate", lambda ql=ql, qr=qr, mom=mom: ql.T @ mom @ qr)
+        add("v_carry", lambda ql=ql, qr=qr, ql2=ql2, qr2=qr2, v=v: ((ql2.T @ ql) ** 2) @ v @ ((qr.T @ qr2) ** 2),
+            1 / frequency)
+    return {k: ((lambda fns=fns: [f() for f in fns]), shares[k]) for k, fns in per_layer.items()}
+
+
+MUON_SOAP_FLOOR = {"muon": ("ns",), "torch_muon": ("ns_bf16",), "muon_svd": ("svd",),
+                   "soap": ("rotate", "stats", "eigh")}
+
+
+def muon_soap_table(widths, repeats):
+    """ml.Muon (Newton-Schulz and SVD), torch.optim.Muon and ml.SOAP against SGD and their floors.
+
+    Same protocol as ``step_table``: one copy of the MLP per optimizer, one warm-up block of 10
+    steps (SOAP's float64 first step and first basis refresh), then blocks of 10 steps (one SOAP
+    refresh each) interleaved across optimizers, ``repeats`` times; median ms/step. The floor
+    pieces (``muon_soap_pieces``, built from the optimizers' state after the warm-up) are timed in
+    the same rounds, after the blocks, each over >= 20 ms of calls; median per call. A floor is
+    the SGD step of the same run plus its pieces, each times its share per step."""
+    print("\nMuon and SOAP: MLP 64 -> M -> M -> 10 (tanh, no bias), batch", BATCH, "- step time as a multiple"
+          " of SGD's in the same run; floor = SGD + the linear algebra alone (see muon_soap_pieces)")
+    block = 10
+    for width in widths:
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(BATCH, D_IN, generator=g), torch.randint(0, D_OUT, (BATCH,), generator=g)
+        model = make_model("mlp", width)
+        keep = muon_soap_affordable(width)
+        runners = {n: Runner(model, b, x, y) for n, b in muon_soap_builders().items() if n in keep}
+        for r in runners.values():
+            r.block(block)
+        pieces = muon_soap_pieces(model, runners, names=list(runners))
+        calls = {}
+        for k, (fn, _) in pieces.items():   # one untimed call, then as many calls as fill ~20 ms
+            t = now()
+            fn()
+            calls[k] = max(1, round(0.02 / max(now() - t, 1e-6)))
+        times = {n: [] for n in list(runners) + list(pieces)}
+        for _ in range(repeats):
+            for n, r in runners.items():
+                times[n].append(r.block(block))
+            for k, (fn, _) in pieces.items():
+                t = now()
+                for _ in range(calls[k]):
+                    fn()
+                times[k].append((now() - t) / calls[k])
+        med = {n: statistics.median(v) for n, v in times.items() if n in runners}
+        per_step = {k: statistics.median(times[k]) * share for k, (_, share) in pieces.items()}
+        sgd = med["sgd"]
+        floors = {n: sgd + sum(per_step[k] for k in ks) for n, ks in MUON_SOAP_FLOOR.items() if n in med}
+        parts = [f"mlp M={width:<5d} sgd {1e3 * sgd:7.2f} ms", f"adam {med['adam'] / sgd:5.2f}x"]
+        for n in ("muon", "torch_muon", "muon_svd", "soap"):
+            if n in med:
+                who = "torch" if n == "torch_muon" else "ours"
+                parts.append(f"{n} {med[n] / sgd:6.2f}x floor {floors[n] / sgd:6.2f}x "
+                             f"{who}/floor {med[n] / floors[n]:4.2f}")
+        if "torch_muon" in med:
+            parts.append(f"muon/torch_muon {med['muon'] / med['torch_muon']:4.2f}")
+        line = " | ".join(parts)
+        print(line, flush=True)
+        SUMMARY.append(line)
+        extra = ""
+        if "soap" in med:
+            own = floors["soap"] + per_step["m_rotate"] + per_step["v_carry"]
+            extra = (f"  | soap's own products (floor + m_rotate + v_carry) {own / sgd:.2f}x, "
+                     f"ours/own {med['soap'] / own:4.2f}")
+        print(f"  pieces per step in SGD steps (M={width}): "
+              + "  ".join(f"{k} {v / sgd:.2f}" for k, v in per_step.items()) + extra, flush=True)
+
+
 # ---------------------------------------------------------------- linear algebra
 def best(fn, repeats=5, floor=False):
     """Median time of ``fn`` over ``repeats`` calls after one untimed call (``floor``: the minimum)."""
@@ -359,7 +563,7 @@ def quality_table(width=1024, steps=200, seeds=(0, 1)):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="*", default=["steps", "linalg", "memory", "train", "quality"])
+    p.add_argument("--only", nargs="*", default=["steps", "muon_soap", "linalg", "memory", "train", "quality"])
     p.add_argument("--widths", nargs="*", type=int, default=[256, 1024, 2048, 4096])
     p.add_argument("--schedules", nargs="*", default=list(SCHEDULES))
     p.add_argument("--repeats", type=int, default=3)
@@ -385,6 +589,8 @@ def main():
             step_table("mlp", widths, schedule, a.repeats, not a.no_asdl)
         for schedule in ("default", "averaged"):
             step_table("cnn", [32, 64], schedule, a.repeats, not a.no_asdl)
+    if "muon_soap" in a.only:
+        muon_soap_table([w for w in a.widths if w <= 2048], a.repeats)
     if "linalg" in a.only:
         linalg_table([w for w in a.widths if w <= 2048] or [1024])
     if "memory" in a.only:
@@ -393,7 +599,7 @@ def main():
         train_table()
     if "quality" in a.only:
         quality_table()
-    if "steps" in a.only:
+    if SUMMARY:
         print("\nsummary (ratios; see above)")
         for line in SUMMARY:
             print(line)

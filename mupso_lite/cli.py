@@ -102,7 +102,8 @@ def _sweep_default(key):
 def parser() -> argparse.ArgumentParser:
     """The argument parser with the subcommands coord-check, sweep and report."""
     top = Parser(prog="mupso-lite", formatter_class=HelpFormatter,
-                 description="muP for SGD, Adam, K-FAC, Shampoo and FOOF: coordinate checks, sweeps and reports.")
+                 description="muP for SGD, Adam, K-FAC, Shampoo, FOOF, Muon and SOAP: coordinate checks, "
+                             "sweeps and reports.")
     sub = top.add_subparsers(dest="command", required=True, metavar="{coord-check,sweep,report}")
 
     c = sub.add_parser("coord-check", help="feature change vs width; writes CSV and HTML", formatter_class=HelpFormatter,
@@ -205,15 +206,14 @@ def _js(args) -> tuple:
 def _diverged_line(df) -> str | None:
     """"3 runs diverged (lower the learning rate)" and "2 runs were unstable (...)", or None
     when every run trained without a spike."""
-    from .divergence import HINT_FIRST_ORDER, HINT_SECOND_ORDER
-    from .sweep import SECOND_ORDER
+    from .divergence import hint_for_name
 
     def hints(rows):
         found = []
         for _, row in rows.iterrows():
             hint = row.get("hint")
             if not isinstance(hint, str) or not hint:  # a file written before hints existed
-                hint = HINT_SECOND_ORDER if row.get("optimizer") in SECOND_ORDER else HINT_FIRST_ORDER
+                hint = hint_for_name(row.get("optimizer"))
             if hint not in found:
                 found.append(hint)
         return "; ".join(found)
@@ -238,12 +238,18 @@ def _coord(args) -> int:
     from .models import MLP
     from .optim import make_optimizer
     from .plots import OPTIMIZER_NAMES, PARAM_NAMES, coord_check_figure, save_html
+    from .sweep import OPTIONS_OF
     if len(args.lr) != 1:
         raise ValueError(f"--lr: expected one value, got {args.lr}")
     _check_out_dir("--out", args.out, ("coord.csv", "exponents.csv", "coord.html") + _js(args))
     data = __import__("mupso_lite.data", fromlist=["load"]).load(args.data)
     opts = {k: v for k, v in (("damping_mode", args.damping_mode), ("inverse_interval", args.inverse_interval))
             if v is not None}
+    for key in opts:   # K-FAC and FOOF only (a sweep keeps each option for the optimizers that read it)
+        if key not in OPTIONS_OF[args.optimizer]:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"{flag}: only K-FAC and FOOF read it, got {flag} {opts[key]} with "
+                             f"--optimizer {args.optimizer}")
 
     def model_fn(width, seed=0):
         return MLP(data.d_in, data.d_out, width, args.depth, base_width=args.base_width, param=args.param,

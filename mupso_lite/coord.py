@@ -109,7 +109,7 @@ def coord_check(model_fn: Callable[[int], object], optimizer, param: str = "mup"
     Args:
         model_fn: width -> a role-tagged model. Called as ``model_fn(width)`` or, if it
             accepts it, ``model_fn(width, seed=seed)``.
-        optimizer: a name for ``ml.make_optimizer`` ("sgd", "adam", "kfac", "shampoo", "foof")
+        optimizer: a name for ``ml.make_optimizer`` ("sgd", "adam", "kfac", "shampoo", "foof", "muon", "soap")
             or a callable ``model -> torch.optim.Optimizer``.
         steps: record after these steps (an int n means steps 1..n).
         data: a dataset name or an ``ml.datasets`` Dataset.

@@ -1,7 +1,7 @@
 """The interactive dashboard: ``ml.Dashboard()`` in a notebook (the last expression, or ``.show()``).
 
 Pick a width, learning rate, damping, optimizer, parametrization (SP or μP), dataset, depth,
-batch size and number of steps (and, for K-FAC, FOOF and Shampoo, the curvature memory: this
+batch size and number of steps (and, for K-FAC, FOOF, Shampoo and SOAP, the curvature memory: this
 batch's curvature at every step, as in the theory, or an average over past batches), then:
 
 * **Run** trains one MLP and plots its training loss, its test accuracy and the feature
@@ -34,8 +34,8 @@ import time
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from .dashboard_runs import (DEFAULTS, FEATURE_TITLE, OPTIMIZERS, PARAMS, WIDTHS, Runs, Settings, builtin_datasets,
-                             width_axis)
+from .dashboard_runs import (DEFAULTS, FEATURE_TITLE, MEMORY, OPTIMIZERS, PARAMS, WIDTHS, Runs, Settings,
+                             dataset_names, width_axis)
 from .data import Dataset
 from .live import LOG_AXIS, Job, LiveFigure, choice_control, drop_file_watch, figure_widget, widget_tree
 from .checks import check_choice, check_positive
@@ -45,7 +45,7 @@ from .train import resolve_device
 LRS, DAMPINGS, DEPTHS, STEPS = (1e-4, 10.0), (1e-6, 1.0), (2, 6), (5, 2000)  # WIDTHS: dashboard_runs
 BATCH_SIZES = (16, 32, 64, 128, 256, 512)
 FISHER_CHOICES = [("auto: MC for regression", "auto"), ("empirical", "empirical"), ("MC (sampled)", "mc")]
-# The curvature memory: the decay d of K-FAC's factors (F <- d F + (1 - d) F_batch) or Shampoo's statistics.
+# The curvature memory: the decay d of K-FAC's factors (F <- d F + (1 - d) F_batch), Shampoo's or SOAP's statistics.
 MEMORY_CHOICES = [("this batch (the theory)", 0.0)] + [(f"average, decay {d:g}", d) for d in (0.5, 0.9, 0.95, 0.99)]
 OPTIMIZER_NAMES, PARAM_NAMES, FISHER_NAMES = ([v for _, v in c] for c in (OPTIMIZERS, PARAMS, FISHER_CHOICES))
 
@@ -57,9 +57,10 @@ class Dashboard(Runs):
     the optimizer. ``fisher`` ("auto", "empirical" or "mc") is K-FAC's and FOOF's Fisher:
     "auto" samples targets (MC) for the squared loss of the regression datasets.
     ``memory`` (one of ``MEMORY_CHOICES``: 0, 0.5, 0.9, 0.95, 0.99) is the curvature memory of
-    K-FAC, FOOF and Shampoo: 0 (the default) uses the current batch's curvature at every step,
+    K-FAC, FOOF, Shampoo and SOAP: 0 (the default) uses the current batch's curvature at every step,
     as in the theory; d > 0 averages it, F <- d F + (1 - d) F_batch (K-FAC ``ema_decay=d``,
-    Shampoo ``beta=d``), still inverted every step.
+    Shampoo ``beta=d``, SOAP ``shampoo_beta=d``: ``dashboard_runs.optimizer_options``).
+    The damping is SOAP's eps; Muon has neither (both controls disabled).
     ``datasets`` adds choices: {name: Dataset or zero-argument function}.
     ``coord_widths``, ``coord_steps``, ``coord_seeds`` configure the width view (default widths:
     five a factor 2 apart ending at the width control, e.g. 64 ... 1024 at 1024, moved up to
@@ -130,7 +131,7 @@ class Dashboard(Runs):
                                      options=FISHER_CHOICES, value=fisher, description="Fisher (K-FAC)",
                                      style=style, layout=wide),
             "memory": choice_control(W.Dropdown, "memory", _memory, options=MEMORY_CHOICES, value=memory,
-                                     description="curvature", style=style, layout=wide, tooltip="curvature memory (K-FAC, FOOF, Shampoo): this batch's "
+                                     description="curvature", style=style, layout=wide, tooltip="curvature memory (K-FAC, FOOF, Shampoo, SOAP): this batch's "
                                  "curvature, or an average over past batches with this decay"),
         }
         self._enable_controls(optimizer)
@@ -293,9 +294,9 @@ class Dashboard(Runs):
             self._start(self._kind, wait=False)
 
     def _enable_controls(self, optimizer: str) -> None:
-        """Damping and curvature memory for K-FAC, FOOF and Shampoo; the Fisher for K-FAC and FOOF."""
+        """Damping (SOAP's eps) and memory for K-FAC, FOOF, Shampoo, SOAP; the Fisher for K-FAC, FOOF."""
         c = self.controls
-        c["damping"].disabled = c["memory"].disabled = DEFAULTS[optimizer][1] is None
+        c["damping"].disabled, c["memory"].disabled = DEFAULTS[optimizer][1] is None, optimizer not in MEMORY
         c["fisher"].disabled = optimizer not in ("kfac", "foof")
 
     def _set_status(self, text: str, color: str = "#333") -> None:
@@ -313,11 +314,6 @@ class Dashboard(Runs):
 
 
 # ---------------------------------------------------------------------- argument checks
-def dataset_names(extra: dict) -> list[str]:
-    """The dataset dropdown's choices: the built-in ones, then ``datasets=``'s names."""
-    return list(dict.fromkeys(builtin_datasets() + list(extra)))
-
-
 def _integer(arg: str, value, lo: int | None = None, hi: int | None = None, allow_zero: bool = False,
              where: str = "the slider's range") -> int:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):

@@ -29,12 +29,16 @@ from .optim import make_optimizer, release_hooks
 from .train import train
 
 BASE_WIDTH = 64  # hyperparameters are tuned here; wider models follow the scaling table
-OPTIMIZERS = [("SGD", "sgd"), ("Adam", "adam"), ("K-FAC", "kfac"), ("Shampoo", "shampoo"), ("FOOF", "foof")]
+OPTIMIZERS = [("SGD", "sgd"), ("Adam", "adam"), ("K-FAC", "kfac"), ("Shampoo", "shampoo"), ("FOOF", "foof"),
+              ("Muon", "muon"), ("SOAP", "soap")]
 PARAMS = [("SP", "sp"), ("μP", "mup")]
 LABEL = dict((v, k) for k, v in PARAMS)
-# Good settings on digits at the base width: (learning rate, damping or None).
+# Good settings on digits at the base width: (learning rate, damping or None); SOAP's damping is its eps.
+# Muon and SOAP: the best lr of a grid under muP at widths 64 and 1024 (digits, depth 3, 200 steps, batch 64):
+# test accuracy 0.978 / 0.975 (Muon 0.02), 0.981 / 0.967 (SOAP 3e-3, eps 1e-6 as 1e-8, memory 0).
 DEFAULTS = {"sgd": (0.5, None), "adam": (1e-2, None), "kfac": (0.1, 0.1), "foof": (0.1, 0.01),
-            "shampoo": (0.05, 1e-4)}
+            "shampoo": (0.05, 1e-4), "muon": (0.02, None), "soap": (3e-3, 1e-6)}
+MEMORY = ("kfac", "foof", "shampoo", "soap")   # the optimizers with a curvature memory (SOAP: shampoo_beta)
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
 PARAM_COLORS = {"sp": "#d62728", "mup": "#1f77b4"}
 WARN_COLOR = "#b35900"   # status and plot mark of a run whose loss spiked (not diverged)
@@ -58,17 +62,23 @@ class Settings:
     steps: int
     seed: int = 0
     fisher: str = "auto"   # K-FAC/FOOF only: "auto" (MC for the squared loss), "empirical", "mc"
-    memory: float = 0.0    # K-FAC/FOOF/Shampoo: decay of the curvature average (0: this batch's curvature)
+    memory: float = 0.0    # K-FAC/FOOF/Shampoo/SOAP: decay of the curvature average (0: this batch's curvature)
 
 
 def optimizer_options(s: Settings) -> dict:
     """``make_optimizer``'s options from the Fisher and curvature-memory controls. Memory d > 0
     averages the curvature (K-FAC/FOOF ``ema_decay=d``, Shampoo ``beta=d``), inverted every
-    step, so the only difference from memory 0 (the optimizers' defaults) is the averaging."""
+    step, so the only difference from memory 0 (the optimizers' defaults) is the averaging.
+    SOAP: memory 0 takes the eigenbasis of this batch's statistics at every step
+    (``shampoo_beta=0, precondition_frequency=1``); d > 0 is SOAP's own schedule, statistics
+    averaged with ``shampoo_beta=d`` and the basis refreshed every 10 steps (SOAP's default is
+    d = 0.95)."""
     if s.optimizer in ("kfac", "foof"):
         return {"fisher": s.fisher, **({"ema_decay": s.memory, "inverse_interval": 1} if s.memory else {})}
     if s.optimizer == "shampoo" and s.memory:
         return {"beta": s.memory, "update_interval": 1}
+    if s.optimizer == "soap":
+        return {"shampoo_beta": s.memory} if s.memory else {"shampoo_beta": 0.0, "precondition_frequency": 1}
     return {}
 
 
@@ -76,6 +86,11 @@ def builtin_datasets() -> list[str]:
     """The offline datasets the dashboard offers (``mnist1d`` only when its package is installed)."""
     names = ["digits", "teacher", "teacher_regression"]
     return names + (["mnist1d"] if importlib.util.find_spec("mnist1d") else [])
+
+
+def dataset_names(extra: dict) -> list[str]:
+    """The dataset dropdown's choices: the built-in ones, then ``datasets=``'s names."""
+    return list(dict.fromkeys(builtin_datasets() + list(extra)))
 
 
 def coord_widths_for(width: int, count: int = COORD_COUNT, limits: tuple = WIDTHS) -> list[int]:

@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 
 HINT_SECOND_ORDER = "raise the damping or lower the learning rate"
 HINT_FIRST_ORDER = "lower the learning rate"
+HINT_SOAP = "raise the damping (SOAP's eps) or lower the learning rate"
+# by optimizer name, for records that carry a name but no hint (Muon: no damping, its step has norm lr)
+HINTS = {"sgd": HINT_FIRST_ORDER, "adam": HINT_FIRST_ORDER, "muon": HINT_FIRST_ORDER, "kfac": HINT_SECOND_ORDER,
+         "foof": HINT_SECOND_ORDER, "shampoo": HINT_SECOND_ORDER, "soap": HINT_SOAP}
 
 
 @dataclass
@@ -82,8 +86,19 @@ class DivergenceRule:
 
 def hint_for(optimizer) -> str:
     """What to change after a divergence: K-FAC, FOOF and Shampoo (or any optimizer whose groups
-    carry a damping) get both knobs; first-order optimizers get the learning rate."""
-    from .optim import KFAC, Shampoo   # local: the optimizers do not need this module
+    carry a damping) get both knobs, SOAP its eps (the ``damping`` of ``make_optimizer``) and the
+    learning rate; first-order optimizers and Muon (no damping) get the learning rate."""
+    from .optim import KFAC, SOAP, Muon, Shampoo   # local: the optimizers do not need this module
+    if isinstance(optimizer, SOAP):
+        return HINT_SOAP
+    if isinstance(optimizer, Muon):
+        return HINT_FIRST_ORDER
     groups = getattr(optimizer, "param_groups", None) or []
     damped = isinstance(optimizer, (KFAC, Shampoo)) or any("damping" in g for g in groups)
     return HINT_SECOND_ORDER if damped else HINT_FIRST_ORDER
+
+
+def hint_for_name(name) -> str:
+    """The hint of the optimizer called ``name`` ("kfac", "soap", ...): a results file's row
+    written before hints existed; an unknown name gets the learning rate."""
+    return HINTS.get(name, HINT_FIRST_ORDER)

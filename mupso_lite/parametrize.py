@@ -30,10 +30,12 @@ warning naming its first or last layers: the usual cause is a base model built w
 d_in, d_out or vocabulary, so that a fixed dimension looks like it grows.
 
 What ``make_optimizer`` does with parameters the optimizer does not precondition (vector-like
-parameters other than biases, fixed-size layers, anything else): it updates them with SGD at
-the lr the muP-SGD table gives a vector-like parameter, lr (M/M0) for one that grows (its
-gradient entries are ~ 1/M) and lr for a fixed-size one. Shampoo instead preconditions
-vectors diagonally and gives growing ones the bias rule of ``scaling.layer_scales``.
+parameters other than biases, fixed-size layers, anything else): K-FAC and FOOF (and SGD)
+update them with SGD at the lr the muP-SGD table gives a vector-like parameter, lr (M/M0) for
+one that grows (its gradient entries are ~ 1/M) and lr for a fixed-size one. Shampoo instead
+preconditions vectors diagonally and gives growing ones the bias rule of ``scaling.layer_scales``.
+Muon and SOAP (and Adam) update them with Adam at muP-Adam's lr for a vector-like parameter:
+the base lr at every width (Muon's and SOAP's ``adam_lr``, which defaults to ``lr``).
 """
 from __future__ import annotations
 

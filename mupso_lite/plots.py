@@ -9,7 +9,7 @@ Every function takes a pandas DataFrame and returns a ``plotly.graph_objects.Fig
     save_html(fig, "fig.html")              a standalone file (plotly.js inlined: works offline)
 
 Axes carry plain names ("learning rate", not ``lr``), panels the optimizer's name (K-FAC,
-Shampoo, ...), log axes readable ticks (decades as 1e-4, 0.01, 1), and legends sit to the
+Shampoo, Muon, SOAP, ...), log axes readable ticks (decades as 1e-4, 0.01, 1), and legends sit to the
 right of the plotting area. Missing values (diverged runs) are left out of means; a width
 whose runs all diverged shows no point.
 """
@@ -24,7 +24,8 @@ from plotly.subplots import make_subplots
 
 COLORS = qualitative.Plotly
 DASHES = ("solid", "dash", "dot", "dashdot")
-OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "kfac": "K-FAC", "shampoo": "Shampoo", "foof": "FOOF"}
+OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "kfac": "K-FAC", "shampoo": "Shampoo", "foof": "FOOF",
+                   "muon": "Muon", "soap": "SOAP"}
 PARAM_NAMES = {"sp": "SP", "mup": "μP"}
 LABELS = {"lr": "learning rate", "damping": "damping", "width": "width M",
           "train_loss": "training loss (whole training set)", "best_loss": "lowest training-batch loss",
@@ -229,7 +230,7 @@ def lr_transfer_figure(df, metric: str = "train_loss", facet: str | None = "para
 def damping_transfer_figure(df, metric: str = "train_loss", facet: str | None = "damping_mode",
                             title: str = "") -> go.Figure:
     """Final training loss vs damping (log-log), one curve per width, one panel per damping mode,
-    a row of panels per optimizer; rows without a damping (SGD, Adam) are left out."""
+    a row of panels per optimizer; rows without a damping (SGD, Adam, Muon) are left out."""
     if facet and facet not in getattr(df, "columns", ()):
         facet = None
     title = title or _titled("Damping transfer", df, "damping")

@@ -33,10 +33,21 @@ MODEL_KEYS = {"model": "mlp", "width": 64, "base_width": 64, "depth": 3, "activa
               "sigma": 1.0, "zero_readout": False, "bias": False}
 OPTIM_KEYS = {"optimizer": "kfac", "param": "mup", "lr": 0.1, "damping": None}
 OPTIM_OPTIONS = ("damping_mode", "inverse_interval", "factor_interval", "ema_decay", "fisher",
-                 "eps_mode", "root", "grafting", "update_interval", "beta", "warmup", "momentum", "weight_decay")
+                 "eps_mode", "root", "grafting", "update_interval", "beta", "warmup", "momentum", "weight_decay",
+                 "adam_lr", "io", "lr_rule", "shampoo_beta", "precondition_frequency")
+# The options each optimizer reads (make_optimizer's and the optimizer's own); a config keeps only its
+# optimizer's, so a grid over several optimizers can set one of them (SOAP has no momentum, Adam neither).
+_KFAC = ("damping_mode", "inverse_interval", "factor_interval", "ema_decay", "fisher", "warmup", "momentum",
+         "weight_decay")
+OPTIONS_OF = {"sgd": ("momentum", "weight_decay"), "adam": ("weight_decay",), "kfac": _KFAC, "foof": _KFAC,
+              "shampoo": ("eps_mode", "root", "grafting", "update_interval", "beta", "warmup", "momentum",
+                          "weight_decay"),
+              "muon": ("adam_lr", "io", "lr_rule", "momentum", "weight_decay"),
+              "soap": ("adam_lr", "io", "shampoo_beta", "precondition_frequency", "weight_decay")}
 RUN_KEYS = {"dataset": "digits", "seed": 0, "steps": 100, "batch_size": 64}
 GRID_KEYS = tuple(MODEL_KEYS) + tuple(OPTIM_KEYS) + OPTIM_OPTIONS + tuple(RUN_KEYS)
-SECOND_ORDER = ("kfac", "foof", "shampoo")
+DAMPED = ("kfac", "foof", "shampoo", "soap")   # the optimizers with a damping (SOAP: its eps)
+SECOND_ORDER = DAMPED   # former name
 DATASETS = ("digits", "teacher", "teacher_regression", "mnist1d")
 EXECUTORS = ("local", "serial", "ray")
 
@@ -81,8 +92,9 @@ def _check_key(k, where):
 
 
 def normalize(cfg: dict) -> dict:
-    """A full, validated config: defaults filled in; damping and optimizer options dropped
-    for SGD/Adam (they ignore them), so equivalent runs share one key."""
+    """A full, validated config: defaults filled in; damping dropped for the optimizers without
+    one (SGD, Adam, Muon) and each option for the optimizers that do not read it
+    (``OPTIONS_OF``), so equivalent runs share one key."""
     c = {**MODEL_KEYS, **OPTIM_KEYS, **RUN_KEYS, **cfg}
     check_positive("width", c["width"], integer=True)
     check_positive("base_width", c["base_width"], integer=True)
@@ -98,11 +110,11 @@ def normalize(cfg: dict) -> dict:
     c["model"] = check_choice("model", c["model"], ("mlp", "cnn"))
     if c["dataset"] not in DATASETS:
         raise ValueError(f"dataset: expected one of {', '.join(map(repr, DATASETS))}, got {c['dataset']!r}")
-    if c["optimizer"] not in SECOND_ORDER:
+    for k in OPTIM_OPTIONS:
+        if k not in OPTIONS_OF[c["optimizer"]]:
+            c.pop(k, None)
+    if c["optimizer"] not in DAMPED:
         c["damping"] = None
-        for k in OPTIM_OPTIONS:
-            if k not in ("momentum", "weight_decay"):
-                c.pop(k, None)
     elif c["damping"] is not None:
         check_positive("damping", c["damping"], allow_zero=True)
     for k in ("lr", "damping", "sigma"):
@@ -206,9 +218,11 @@ def sweep(grid, results="results/sweep.jsonl", steps: int | None = None, executo
     """Run every config of ``grid`` not yet in ``results``; return their rows (``load_results``).
 
     Grid keys: width, base_width, depth, activation, model ("mlp"/"cnn"), sigma, zero_readout,
-    bias, optimizer, param, lr, damping, K-FAC/Shampoo options (damping_mode, inverse_interval,
-    ...), dataset, seed, steps, batch_size. ``steps`` and ``defaults`` (e.g. dataset="teacher")
-    set keys the grid leaves out. Everything is validated before the first run starts.
+    bias, optimizer, param, lr, damping (K-FAC/FOOF rho, Shampoo/SOAP eps), optimizer options
+    (damping_mode, inverse_interval, ..., Muon/SOAP's adam_lr, io, lr_rule, shampoo_beta; each
+    kept for the optimizers that read it, ``OPTIONS_OF``), dataset, seed, steps, batch_size.
+    ``steps`` and ``defaults`` (e.g. dataset="teacher") set keys the grid leaves out. Everything
+    is validated before the first run starts.
 
         ml.sweep({"width": [64, 256], "lr": [0.01, 0.1], "optimizer": ["kfac"]}, steps=50)
 

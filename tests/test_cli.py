@@ -206,3 +206,35 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_finished_runs(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err == (f"mupso-lite sweep: interrupted: {n} of 6 runs finished and are saved in {results}; "
                    "run the same sweep again to resume\n")
+
+
+@pytest.mark.parametrize("optimizer, lr, name", [("muon", "0.02", "Muon"), ("soap", "0.003", "SOAP")])
+def test_coord_check_with_muon_and_soap(tmp_path, optimizer, lr, name, capsys):
+    out = tmp_path / "coord"
+    assert main(["coord-check", "--optimizer", optimizer, "--lr", lr, "--widths", "16,32", "--steps", "1",
+                 "--seeds", "0", "--base-width", "16", "--no-progress", "--plotlyjs", "cdn", "--out", str(out)]) == 0
+    assert set(pd.read_csv(out / "coord.csv")["width"]) == {16, 32}
+    assert f"Coordinate check: {name}, \\u03bcP, base lr {float(lr):g}" in (out / "coord.html").read_text()
+    assert "layers.0" in capsys.readouterr().out
+
+
+def test_coord_check_refuses_a_kfac_flag_for_another_optimizer(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["coord-check", "--optimizer", "muon", "--damping-mode", "trace", "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert "--damping-mode: only K-FAC and FOOF read it, got --damping-mode trace with --optimizer muon" in err
+
+
+def test_sweep_and_report_with_muon_and_soap(tmp_path, capsys):
+    results, report = tmp_path / "s.jsonl", tmp_path / "report"
+    # --damping-mode is K-FAC's: dropped for both; the dampings are SOAP's eps (Muon has none: 4 + 8 runs)
+    assert main(["sweep", "--optimizers", "muon,soap", "--widths", "16,32", "--lrs", "0.003,0.02",
+                 "--dampings", "1e-8,1e-6", "--damping-mode", "trace", "--datasets", "teacher", "--steps", "3",
+                 "--base-width", "16", "--executor", "serial", "--no-progress", "--results", str(results)]) == 0
+    assert f"12 runs in {results}: 12 ok" in capsys.readouterr().out
+    assert main(["report", str(results), "--out", str(report), "--plotlyjs", "cdn"]) == 0
+    summary = pd.read_csv(report / "summary.csv")
+    assert len(summary) == 12 and set(summary["ok"]) == {1} and set(summary["optimizer"]) == {"muon", "soap"}
+    assert "Learning-rate transfer: Muon, SOAP" in (report / "lr_transfer.html").read_text()
+    assert "Damping transfer: SOAP" in (report / "damping_transfer.html").read_text()

@@ -13,7 +13,7 @@ def help_of(command, capsys):
 
 
 @pytest.mark.parametrize("command, shown", [
-    ("coord-check", ["--optimizer {sgd,adam,kfac,shampoo,foof} optimizer (default: kfac)",
+    ("coord-check", ["--optimizer {sgd,adam,kfac,shampoo,foof,muon,soap} optimizer (default: kfac)",
                      "parametrization (default: mup)", "(default: 64,128,256,512,1024)",
                      "steps at which to record (default: 1,3)", "seeds, comma-separated (default: 0,1)",
                      "dataset (default: teacher)", "(default: 0.1)", "base damping (default: the optimizer's)",

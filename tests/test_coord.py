@@ -22,7 +22,7 @@ def mlp(param="mup"):
 
 @pytest.mark.parametrize("optimizer, lr, options", [
     ("sgd", 0.5, {}), ("adam", 0.01, {}), ("kfac", 0.1, {"damping_mode": "trace"}),
-    ("shampoo", 0.1, {"update_interval": 1}), ("foof", 0.1, {})])
+    ("shampoo", 0.1, {"update_interval": 1}), ("foof", 0.1, {}), ("muon", 0.02, {}), ("soap", 3e-3, {})])
 def test_frame_and_exponents_for_every_optimizer(optimizer, lr, options):
     cc = ml.coord_check(mlp(), optimizer, "mup", widths=(16, 32, 64), steps=(1, 2), seeds=(0, 1),
                         data=DATA, lr=lr, device="cpu", **options)
@@ -35,6 +35,25 @@ def test_frame_and_exponents_for_every_optimizer(optimizer, lr, options):
     assert set(cc.slopes_by_role(2)) == {"input", "hidden", "output", "f"}
     assert cc.label == f"mup/{optimizer}"
     assert cc.verdict() in repr(cc) and "<table" in cc._repr_html_()
+
+
+@pytest.mark.parametrize("optimizer, lr", [("muon", 0.02), ("soap", 3e-3)])
+def test_muon_and_soap_one_step_slopes_match_the_theory(optimizer, lr):
+    """muP: width-stable after one step (|slope| < STABLE); SP: near (-1/2, 0, 1/2), the orthogonalized
+    step's one-step exponents (measured at widths 32 ... 512 on the teacher task: input -0.52, hidden
+    -0.13, output +0.36 for both; closer to the theory at wider widths)."""
+    from mupso_lite.coord import STABLE
+    for param in ("mup", "sp"):
+        cc = ml.coord_check(mlp(param), optimizer, param, widths=(32, 128, 512), steps=1, seeds=(0,),
+                            data=DATA, lr=lr, device="cpu")
+        slopes, theory = cc.slopes_by_role(1), theory_slopes(param, optimizer)
+        assert not cc.diverged and set(slopes) == set(theory)
+        for role, slope in slopes.items():
+            assert slope == pytest.approx(theory[role], abs=STABLE if param == "mup" else 0.2), (param, role, slopes)
+        if param == "mup":
+            assert cc.verdict() == "feature learning is width-stable"
+        else:   # SP: the input layer freezes, the output layer grows
+            assert slopes["input"] < -0.35 and slopes["output"] > 0.25, slopes
 
 
 class TwoBranch(nn.Module):
@@ -119,8 +138,10 @@ def test_errors_name_the_argument(kwargs, error, match):
 
 def test_theory_slopes():
     zero = {"input": 0.0, "hidden": 0.0, "output": 0.0, "f": 0.0}
-    for opt in ("sgd", "adam", "kfac", "shampoo", "foof"):
+    for opt in ("sgd", "adam", "kfac", "shampoo", "foof", "muon", "soap"):
         assert theory_slopes("mup", opt) == zero
+    for opt in ("shampoo", "muon", "soap"):
+        assert theory_slopes("sp", opt) == {"input": -0.5, "hidden": 0.0, "output": 0.5, "f": 0.5}
     assert theory_slopes("sp", "sgd") == {"input": -0.5, "hidden": 0.5, "output": 1.0, "f": 1.0}
     assert theory_slopes("mup", "kfac", "pi")["input"] == -1.0
     assert theory_slopes("sp", "kfac") == theory_slopes("sp", "kfac", "fixed")

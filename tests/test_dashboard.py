@@ -268,7 +268,8 @@ def test_memory_control_reaches_the_optimizer():
     assert memory.value == 0.0 and memory.disabled and dash.settings().memory == 0.0
     assert memory in dash.widget.children[0].children  # in the grid, after the Fisher control
     data = dash._dataset("digits")
-    for optimizer, enabled in [("adam", False), ("kfac", True), ("foof", True), ("shampoo", True), ("sgd", False)]:
+    for optimizer, enabled in [("adam", False), ("kfac", True), ("foof", True), ("shampoo", True), ("muon", False),
+                               ("soap", True), ("sgd", False)]:
         dash.controls["optimizer"].value = optimizer
         assert memory.disabled is not enabled, optimizer
     built = {}
@@ -322,3 +323,46 @@ def test_memory_accepts_numpy_and_integer_values():
     np = pytest.importorskip("numpy")
     assert Dashboard(memory=np.float32(0.95)).settings().memory == 0.95
     assert Dashboard(memory=0).settings().memory == 0.0
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "soap"])
+def test_a_muon_or_soap_run_and_width_view_finish_and_plot(optimizer):
+    dash = Dashboard(width=32, depth=2, steps=10, optimizer=optimizer, coord_widths=(32, 64), coord_steps=2)
+    dash.run(wait=True)
+    assert "done, 10 steps" in dash.status and [r["step"] for r in dash.records] == list(range(1, 11)), dash.status
+    assert list(dash.loss_figure.data[0].x) == list(range(1, 11)) and dash.records[-1]["loss"] < dash.records[0]["loss"]
+    assert [len(t.y) for t in dash.feature_figure.data] == [10, 10] and min(dash.feature_figure.data[0].y) > 0
+    dash.width_view(wait=True)
+    assert "width view done (widths 32, 64)" in dash.status and dash.verdict(), dash.status
+    assert {p["width"] for p in dash.width_points} == {32, 64}
+    name = {"muon": "Muon", "soap": "SOAP"}[optimizer]
+    assert dash.width_figure.layout.title.text.startswith(f"width view: μP {name},")
+    dash.close()
+
+
+def test_muon_and_soap_set_their_defaults_and_controls():
+    from mupso_lite.dashboard_runs import DEFAULTS, optimizer_options
+    dash = Dashboard(optimizer="kfac", width=64, depth=2, steps=5)   # the base width: eps as given
+    c, data = dash.controls, dash._dataset("digits")
+    c["optimizer"].value = "muon"   # no damping, no curvature memory, no Fisher
+    assert c["lr"].value == pytest.approx(DEFAULTS["muon"][0]) and DEFAULTS["muon"][1] is None
+    assert c["damping"].disabled and c["memory"].disabled and c["fisher"].disabled
+    assert optimizer_options(dash.settings()) == {}
+    _, opt = dash._model(dash.settings(), data, "mup")
+    assert type(opt).__name__ == "Muon" and all("damping" not in g for g in opt.param_groups)
+    c["optimizer"].value = "soap"   # the damping is SOAP's eps; the memory its shampoo_beta
+    assert c["lr"].value == pytest.approx(DEFAULTS["soap"][0])
+    assert c["damping"].value == pytest.approx(DEFAULTS["soap"][1], rel=1e-6)
+    assert not c["damping"].disabled and not c["memory"].disabled and c["fisher"].disabled
+    c["damping"].value = 1e-4
+    _, opt = dash._model(dash.settings(), data, "mup")
+    matrices = [g for g in opt.param_groups if g["use_soap"]]
+    assert type(opt).__name__ == "SOAP" and [g["eps"] for g in matrices] == pytest.approx([1e-4, 1e-4])
+    for choice, frequency in ((0.0, 1), (0.95, 10)):   # memory 0: this batch's basis at every step
+        c["memory"].value = choice
+        _, opt = dash._model(dash.settings(), data, "mup")
+        assert {g["shampoo_beta"] for g in opt.param_groups} == {choice}
+        assert opt.precondition_frequency == frequency
+    c["optimizer"].value = "muon"
+    assert c["damping"].disabled and c["memory"].disabled
+    dash.close()

@@ -448,3 +448,30 @@ def test_a_ctrl_c_during_submit_is_held_not_lost():
     finally:
         signal.signal(signal.SIGINT, old)
     assert reached_end_of_block
+
+
+def test_muon_and_soap_configs_keep_their_own_damping_and_options():
+    configs = expand_grid({"optimizer": ["muon", "soap", "kfac"], "damping": [1e-8, 1e-6], "momentum": [0.9],
+                           "damping_mode": ["trace"], "shampoo_beta": [0.5], "io": ["adam"]}, width=16)
+    by = {name: [c for c in configs if c["optimizer"] == name] for name in ("muon", "soap", "kfac")}
+    (muon,) = by["muon"]   # no damping: the two values are one config
+    assert muon["damping"] is None and muon["momentum"] == 0.9 and muon["io"] == "adam"
+    assert "shampoo_beta" not in muon and "damping_mode" not in muon
+    assert sorted(c["damping"] for c in by["soap"]) == [1e-8, 1e-6]   # SOAP's eps is its damping
+    assert all(c["shampoo_beta"] == 0.5 and c["io"] == "adam" and "momentum" not in c and "damping_mode" not in c
+               for c in by["soap"])
+    assert all(c["damping_mode"] == "trace" and c["momentum"] == 0.9 and "io" not in c and "shampoo_beta" not in c
+               for c in by["kfac"])
+
+
+def test_a_muon_and_soap_sweep_with_momentum_runs_and_hints_per_optimizer(tmp_path):
+    from mupso_lite.divergence import HINT_FIRST_ORDER, HINT_SOAP
+    df = ml.sweep({"optimizer": ["muon", "soap"], "lr": [3e-3, 1000.0], "momentum": [0.9], "width": [16]},
+                  results=tmp_path / "r.jsonl", steps=8, dataset="teacher", base_width=16, executor="serial",
+                  progress=False)
+    assert len(df) == 4
+    ok, bad = df[df["lr"] == 3e-3], df[df["lr"] == 1000.0].set_index("optimizer")
+    assert set(ok["status"]) == {"ok"} and set(bad["status"]) == {"diverged"}, df[["optimizer", "lr", "message"]]
+    assert bad.loc["muon", "hint"] == HINT_FIRST_ORDER and bad.loc["soap", "hint"] == HINT_SOAP
+    momentum = df.set_index("optimizer")["momentum"]   # Muon's own; SOAP has none, its configs drop it
+    assert (momentum.loc["muon"] == 0.9).all() and momentum.loc["soap"].isna().all()

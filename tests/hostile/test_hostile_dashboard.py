@@ -17,7 +17,7 @@ from ipywidgets.widgets import widget as widget_module  # noqa: E402
 from torch import nn  # noqa: E402
 
 from mupso_lite.dashboard import Dashboard  # noqa: E402
-from mupso_lite.divergence import HINT_FIRST_ORDER, HINT_SECOND_ORDER  # noqa: E402
+from mupso_lite.divergence import HINT_FIRST_ORDER, HINT_SECOND_ORDER, HINT_SOAP  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -61,6 +61,8 @@ BAD_ARGUMENTS = [  # (keyword arguments, exception type, text the message must c
     (dict(lr=-1), ValueError, "lr: expected a finite number > 0, got -1"),
     (dict(lr=1e3), ValueError, "lr: expected a number in [0.0001, 10] (the slider's range), got 1000.0"),
     (dict(damping=-1, optimizer="kfac"), ValueError, "damping: expected a finite number > 0, got -1"),
+    (dict(damping=1e-9, optimizer="soap"), ValueError, "damping: expected a number in [1e-06, 1] (the slider's"),
+    (dict(optimizer="Shampoo2"), ValueError, "'muon', 'soap', got 'Shampoo2'"),
     (dict(steps=0), ValueError, "steps: expected a positive integer, got 0"),
     (dict(steps=10 ** 5), ValueError, "steps: expected an integer in 5..2000"),
     (dict(depth=1), ValueError, "depth: expected an integer in 2..6 (the slider's range), got 1"),
@@ -226,3 +228,24 @@ def test_thirty_kfac_runs_leave_no_model_hook_or_thread():
     assert live_linears() <= baseline_linears + 4, "models of finished runs are still alive"
     assert threading.active_count() == baseline_threads
     dash.close()
+
+
+@pytest.mark.parametrize("optimizer, hint", [("muon", HINT_FIRST_ORDER), ("soap", HINT_SOAP)])
+def test_a_muon_or_soap_blow_up_gives_its_own_hint(optimizer, hint):
+    dash = tiny(optimizer=optimizer, param="sp", lr=10.0, steps=20).run(wait=True)
+    last = dash.records[-1]
+    assert last["diverged"] and last["hint"] == hint and dash.messages == [f"{last['message']} · {hint}"]
+    assert f"· {hint}" in dash.status and "color:#c00" in dash.status_widget.value
+    dash.close()
+
+
+def test_switching_through_every_optimizer_during_a_run_leaves_one_clean_run():
+    baseline = threading.active_count()
+    dash = tiny(optimizer="sgd", steps=2000).run()
+    names = [v for _, v in dash.controls["optimizer"].options]
+    assert names[-2:] == ["muon", "soap"]
+    for name in names[1:]:   # each change restarts the run with the optimizer's defaults
+        dash.controls["optimizer"].value = name
+    assert dash.last_settings.optimizer == "soap" and dash.running
+    dash.close()
+    assert dash._job.error is None and job_threads() == [] and threading.active_count() == baseline

@@ -18,7 +18,7 @@ from mupso_lite.data import Dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ml.datasets.digits()
-OPTIMIZERS = ["sgd", "adam", "kfac", "foof", "shampoo"]
+OPTIMIZERS = ["sgd", "adam", "kfac", "foof", "shampoo", "muon", "soap"]
 
 
 def weights(model):
