@@ -249,3 +249,28 @@ def test_sp_with_one_lr_is_not():
     """Theory (batch of one): (input, hidden, output) slopes (-1/2, 0, 1/2)."""
     _, by_role = _coord("sp")
     assert by_role["input"] < -0.35 and by_role["output"] > 0.25, by_role
+
+
+@pytest.mark.parametrize("name", ["muon", "soap"])
+def test_weight_decay_shrinks_every_group_by_the_same_factor_at_every_width(name):
+    """make_optimizer sets wd per group so that lr_group wd_group = lr wd (adam_lr wd for Adam)."""
+    for width in (16, 64):
+        model = ml.MLP(12, 3, width=width, depth=3, base_width=16, bias=True, seed=0)
+        opt = ml.make_optimizer(model, name, lr=0.02, adam_lr=0.01, weight_decay=0.5)
+        flag = "use_muon" if name == "muon" else "use_soap"
+        lrs = {g["layer"]: g["lr"] for g in opt.param_groups}
+        assert len(set(lrs.values())) > 1 or width == 16       # the lrs differ by role at width 64
+        for g in opt.param_groups:
+            want = (0.02 if g[flag] else 0.01) * 0.5
+            assert g["lr"] * g["weight_decay"] == pytest.approx(want, rel=1e-12)
+        # one step with a zero gradient: every parameter shrinks by (1 - lr wd) exactly
+        before = [p.detach().clone() for p in model.parameters()]
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        if name == "muon":
+            opt.step()
+            for g in opt.param_groups:
+                for p in g["params"]:
+                    i = [id(q) for q in model.parameters()].index(id(p))
+                    shrink = 1 - (0.02 if g[flag] else 0.01) * 0.5
+                    torch.testing.assert_close(p.detach(), before[i] * shrink)

@@ -190,12 +190,46 @@ def test_bad_arguments_are_refused_by_name(call, words):
         call(_mlp(16))
 
 
-def _coord(param, steps=(1,)):
+def _coord(param, steps=(1,), lr=0.003, **options):
     def model_fn(width, seed=0):
         return ml.MLP(DATA.d_in, DATA.d_out, width, depth=3, base_width=64, param=param, seed=seed)
     cc = ml.coord_check(model_fn, "soap", param, widths=(64, 128, 256), steps=steps, seeds=(0, 1), data=DATA,
-                        lr=0.003, device="cpu")
+                        lr=lr, device="cpu", **options)
     return cc
+
+
+@pytest.mark.parametrize("step_count", [1, 3])
+def test_spectral_rescales_each_step_to_spectral_norm_lr(step_count):
+    """spectral=True: dW = -lr N / |N|_2, N the plain SOAP step (same state, same gradients)."""
+    model = _mlp(16)
+    plain = ml.make_optimizer(model, "soap", lr=0.01)
+    twin = copy.deepcopy(model)
+    spectral = ml.make_optimizer(twin, "soap", lr=0.01, spectral=True)
+    _steps(model, plain, range(step_count - 1))
+    _steps(twin, spectral, range(step_count - 1))
+    # the states agree (the statistics and moments do not depend on the step's size) ...
+    before = [p.detach().clone() for p in model.parameters()]
+    twin_before = [p.detach().clone() for p in twin.parameters()]
+    _steps(model, plain, [step_count])
+    _steps(twin, spectral, [step_count])
+    for g, h in zip(plain.param_groups, spectral.param_groups):
+        if not g["use_soap"]:
+            continue
+        p, q = g["params"][0], h["params"][0]
+        i = [id(x) for x in model.parameters()].index(id(p))
+        n = -(p.detach() - before[i]) / g["lr"]                     # the plain step N
+        d = (q.detach() - twin_before[i]).reshape(q.shape[0], -1)   # ... and the rescaled one
+        assert torch.linalg.matrix_norm(d, ord=2).item() == pytest.approx(h["lr"], rel=1e-4)
+        if step_count == 1:   # same state: the same direction
+            want = -h["lr"] * n / torch.linalg.matrix_norm(n, ord=2)
+            torch.testing.assert_close(d, want.reshape(d.shape), rtol=1e-4, atol=1e-7)
+
+
+def test_spectral_soap_stays_flat_after_step_1_where_the_default_grows():
+    default = _coord("mup", steps=(3,)).slopes_by_role(3)
+    spectral = _coord("mup", steps=(3,), lr=0.03, spectral=True).slopes_by_role(3)
+    assert default["input"] > 0.3 and default["hidden"] > 0.3, default
+    assert all(abs(s) < STABLE for s in spectral.values()), spectral
 
 
 def test_mup_coordinate_check_is_flat_at_step_1_and_sp_is_not():

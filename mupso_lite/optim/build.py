@@ -140,6 +140,10 @@ def muon_soap_groups(model, name: str, lr: float, damping: float, param: str, wi
     ``lr_rule`` (Muon only): "table" (default), or, for comparisons, "original" (the reference's
     lr sqrt(max(1, rows/cols)) per matrix, no width factor) or "match_rms_adamw" (torch.optim.Muon's
     0.2 lr sqrt(max(rows, cols))).
+    ``weight_decay`` wd (decoupled, W <- W (1 - lr_group wd_group)) is set per group so that the
+    shrink per step is the base one in every group at every width: lr_group wd_group = lr wd
+    (adam_lr wd for the Adam groups), so wd_group = wd lr / lr_group takes the lr's width factors
+    inverted (``docs/family.md`` section 5).
     """
     adam_lr = lr if adam_lr is None else check_positive("adam_lr", adam_lr)
     io = check_choice("io", io if io is not None else name, (name, "adam"))
@@ -166,6 +170,9 @@ def muon_soap_groups(model, name: str, lr: float, damping: float, param: str, wi
     taken = {id(p) for _, m, _ in layers for p in m.parameters(recurse=False)}
     rest = [p for p in model.parameters() if id(p) not in taken and p.requires_grad]
     groups += [{**g, "eps": ADAM_EPS, flag: False} for g in other_groups(rest, param, "adam", adam_lr)]
+    wd = check_positive("weight_decay", options.pop("weight_decay", 0.0), allow_zero=True)
+    for g in groups:   # decoupled decay: the same shrink per step, lr wd, in every group at every width
+        g["weight_decay"] = wd * (adam_lr if not g[flag] else lr) / g["lr"]
     if name == "muon":
         return Muon(groups, lr=lr, lr_rule=lr_rule, **options)
     return SOAP(groups, lr=lr, eps=damping, **options)

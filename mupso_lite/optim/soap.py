@@ -9,7 +9,8 @@ at step t (beta = ``shampoo_beta``, default b2):
     m <- b1 m + (1 - b1) G                 first moment, kept in the original basis
     v <- b2 v + (1 - b2) G'^2              second moment, in the eigenbasis
     N' = m^' / (sqrt(v^) + eps)            m^' = Q_L^T m Q_R / (1 - b1^t),  v^ = v / (1 - b2^t)
-    W <- W (1 - lr weight_decay) - lr Q_L N' Q_R^T
+    N = Q_L N' Q_R^T,   N <- N / |N|_2 if ``spectral=True``
+    W <- W (1 - lr weight_decay) - lr N
 
 The statistics are updated after the step with this G, so the basis never contains the gradient
 it preconditions, except at step 1. There the reference computes the basis and skips the update;
@@ -17,6 +18,15 @@ we update with the basis of this first gradient: with L, R ~ G G^T, G^T G, G' = 
 the diagonal S of singular values, Adam's first step is S / (S + eps) ~ I on it, and SOAP's first
 step is -lr U_r V_r^T for G = U S V^T (Muon's orthogonalized gradient), so a one-step coordinate
 check measures SOAP itself.
+
+Width. That first step has spectral norm lr, so the table's lr ~ sqrt(fan_out/fan_in) is the
+spectral condition for it. From step 2 on the step is dense in the basis: the basis is older than
+the gradient, and the momentum m holds earlier gradients; either makes Q_L^T m Q_R non-diagonal,
+and Adam's division gives each of its out x in entries a size ~ 1, so |N|_2 grows with width like
+Adam's step (feature-change slopes +0.43 / +0.74 / +0.52 at step 10 on digits, widths 64...2048,
+``docs/results.md`` section 11). ``spectral=True`` (explicit spectral normalization) divides every
+step by its spectral norm, |dW|_2 = lr at every step, which keeps the features' change flat in
+width; it costs one ``matrix_norm(N, 2)`` (an SVD's singular values) per matrix per step.
 
 When the basis changes, v is carried into the new one as the variance of independent coordinates:
 with P_L = Q_L,new^T Q_L,old and P_R = Q_R,old^T Q_R,new, G'_new = P_L G'_old P_R and
@@ -68,11 +78,12 @@ class SOAP(Checkpointed, torch.optim.Optimizer):
         precondition_frequency: refresh Q_L, Q_R every this many steps (10).
         refresh: "eigh" (default) or "qr" (the reference's power iteration).
         use_soap: group option; False updates the group's matrices with Adam.
+        spectral: group option; True rescales each matrix's step to spectral norm lr (N / |N|_2).
     """
 
     def __init__(self, params, lr: float = 3e-3, betas=(0.95, 0.95), shampoo_beta: float | None = None,
                  eps: float = 1e-8, weight_decay: float = 0.0, precondition_frequency: int = 10,
-                 refresh: str = "eigh", use_soap: bool = True):
+                 refresh: str = "eigh", use_soap: bool = True, spectral: bool = False):
         check_positive("lr", lr)
         betas = check_betas("betas", betas)
         if shampoo_beta is not None and (isinstance(shampoo_beta, bool) or not isinstance(shampoo_beta, (int, float))
@@ -83,7 +94,7 @@ class SOAP(Checkpointed, torch.optim.Optimizer):
         self.precondition_frequency = check_positive("precondition_frequency", precondition_frequency, integer=True)
         self.refresh = check_choice("refresh", refresh, REFRESH)
         defaults = dict(lr=lr, betas=betas, shampoo_beta=shampoo_beta, eps=eps, weight_decay=weight_decay,
-                        use_soap=bool(use_soap))
+                        use_soap=bool(use_soap), spectral=bool(spectral))
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -119,6 +130,9 @@ class SOAP(Checkpointed, torch.optim.Optimizer):
         v.mul_(b2).addcmul_(gr, gr, value=1 - b2)            # v <- b2 v + (1 - b2) G'^2
         m_hat = (ql.T @ m @ qr) / (1 - b1 ** t)
         n = ql @ (m_hat / ((v / (1 - b2 ** t)).sqrt() + group["eps"])) @ qr.T
+        if group["spectral"]:                                # N <- N / |N|_2
+            norm = torch.linalg.matrix_norm(n, ord=2)
+            n = n / norm if norm > 0 else n
         if group["weight_decay"]:
             p.mul_(1 - group["lr"] * group["weight_decay"])
         p.add_(n.reshape(p.shape).to(p.dtype), alpha=-group["lr"])
@@ -157,4 +171,5 @@ class SOAP(Checkpointed, torch.optim.Optimizer):
 
     def variant(self) -> dict:
         """What a checkpoint must match besides the shapes: which groups SOAP preconditions."""
-        return {"use_soap": [bool(g["use_soap"]) for g in self.param_groups]}
+        return {"use_soap": [bool(g["use_soap"]) for g in self.param_groups],
+                "spectral": [bool(g.get("spectral", False)) for g in self.param_groups]}
