@@ -229,7 +229,7 @@ def _diverged_line(df) -> str | None:
         shaky = df[(df["status"] == "ok") & df["warning"].fillna("").astype(str).str.len().gt(0)]
         if not shaky.empty:
             lines.append(f"{runs(len(shaky))} {'was' if len(shaky) == 1 else 'were'} unstable: the loss "
-                         f"spiked above 3x its start ({hints(shaky)})")
+                         f"spiked above 3× its start ({hints(shaky)})")
     return "\n".join(lines) or None
 
 

@@ -5,49 +5,52 @@ batch size and number of steps (and, for K-FAC, FOOF, Shampoo and SOAP, the curv
 batch's curvature at every step, as in the theory, or an average over past batches), then:
 
 * **Run** trains one MLP and plots its training loss, its test accuracy and the feature
-  change of every layer, rms(h_l(t) - h_l(0)), step by step;
+  change of every layer, rms(h_l(t) - h_l(0)), step by step, over the last two runs' curves
+  faded ("earlier: width 128"), so a change of width shows whether the curves move;
 * **Compare SP vs μP** trains the same model twice, once per parametrization, overlaid;
 * **Width view** runs a coordinate check: a few steps at several widths around the width
   control, feature change against width on log-log axes, with μP's prediction (a flat line,
   slope 0) dashed, and ``ml.coord_check``'s verdict in the status line;
-* **Stop** ends the run within one step. Moving any control during a run restarts it.
+* **Stop** ends the run within one step. Moving any control during a run stops it and restarts
+  it once the controls have been still for ``RESTART_DELAY`` (0.4 s): a burst of changes (a
+  slider's key presses) starts one run, with the last values.
 
 Training runs in a background thread (``live.Job``), so the notebook stays usable; the
-figures are refreshed at most ~7 times a second. Nothing here does training math: models,
+status line says "running …" the moment a run is asked for, and the figures are refreshed at
+most ~7 times a second. Nothing here does training math: models,
 optimizers and the training loop all come from ``mupso_lite`` itself. Everything the buttons
 do is a method too (``run``, ``compare``, ``width_view``, ``stop``, ``join``), so a script or a
 test can drive the dashboard without a browser and read ``records``, ``status``, ``verdict()``
 and the figures.
 
 Bad arguments raise (ValueError/TypeError naming the argument) before any widget or thread
-exists; a divergence shows in red with what to change and as a mark on the loss plot; an
+exists; a divergence shows in red with what to change and as a mark on the loss plot (zoomed
+to the steps that ran); an
 error inside a run shows in the status line. ``close()`` stops the run and closes every widget.
 """
 from __future__ import annotations
 
 import html
 import math
-import numbers
 import threading
 import time
 
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from .dashboard_runs import (DEFAULTS, FEATURE_TITLE, MEMORY, OPTIMIZERS, PARAMS, WIDTHS, Runs, Settings,
-                             dataset_names, width_axis)
+from .dashboard_args import (  # noqa: F401 - the controls' ranges and choices, importable from here too
+    BATCH_SIZES, DAMPINGS, DEPTHS, FISHER_CHOICES, FISHER_NAMES, LRS, MEMORY_CHOICES, OPTIMIZER_NAMES, PARAM_NAMES,
+    STEPS, _memory, check_arguments)
+from .dashboard_runs import (  # noqa: F401
+    DEFAULTS, FEATURE_TITLE, MEMORY, OPTIMIZERS, PARAMS, WIDTHS, Runs, Settings, dataset_names, starting_line,
+    width_axis)
 from .data import Dataset
-from .live import LOG_AXIS, Job, LiveFigure, choice_control, drop_file_watch, figure_widget, widget_tree
-from .checks import check_choice, check_positive
+from .live import (JOB_THREAD, LOG_AXIS, Job, LiveFigure, Settle, choice_control, drop_file_watch, figure_widget,
+                   widget_tree)
+from .checks import check_choice
 from .train import resolve_device
 
-# The controls' ranges; an argument outside them raises (a slider would clamp it silently).
-LRS, DAMPINGS, DEPTHS, STEPS = (1e-4, 10.0), (1e-6, 1.0), (2, 6), (5, 2000)  # WIDTHS: dashboard_runs
-BATCH_SIZES = (16, 32, 64, 128, 256, 512)
-FISHER_CHOICES = [("auto: MC for regression", "auto"), ("empirical", "empirical"), ("MC (sampled)", "mc")]
-# The curvature memory: the decay d of K-FAC's factors (F <- d F + (1 - d) F_batch), Shampoo's or SOAP's statistics.
-MEMORY_CHOICES = [("this batch (the theory)", 0.0)] + [(f"average, decay {d:g}", d) for d in (0.5, 0.9, 0.95, 0.99)]
-OPTIMIZER_NAMES, PARAM_NAMES, FISHER_NAMES = ([v for _, v in c] for c in (OPTIMIZERS, PARAMS, FISHER_CHOICES))
+RESTART_DELAY = 0.4  # seconds the controls must be still before a run restarts with their values
 
 
 class Dashboard(Runs):
@@ -89,6 +92,7 @@ class Dashboard(Runs):
         self._job: Job | None = None
         self._kind = "run"
         self._quiet = False
+        self._settle = Settle(RESTART_DELAY)  # coalesces the restarts of a burst of control changes
         self._closed = False
         self._status = ""
         self.last_settings: Settings | None = None  # the settings the latest run started with
@@ -216,6 +220,7 @@ class Dashboard(Runs):
         if self._closed:
             return
         self._closed = True
+        self._shown, self._earlier = None, []
         for live in self.live.values():  # drop the traces' data even if something still holds a figure
             live.reset([])
         roots = [getattr(self, "_widget", None), *self.controls.values(), *self.buttons.values(),
@@ -264,18 +269,36 @@ class Dashboard(Runs):
         return fig
 
     # ------------------------------------------------------------------ internals
-    def _start(self, kind: str, wait: bool) -> "Dashboard":
+    def _start(self, kind: str, wait: bool, settle: bool = False) -> "Dashboard":
+        """Start a ``kind`` job (replacing the one running); ``settle``: a restart after a control
+        moved, which waits until the controls have been still for ``RESTART_DELAY`` seconds and
+        then runs with the settings of that moment (so a burst of changes starts one run)."""
         if self._closed:
             raise RuntimeError(f"{kind}(): this dashboard is closed; make a new one with ml.Dashboard()")
         settings, self._kind, requested = self.settings(), kind, time.monotonic()
         self.last_settings = settings
         body = {"run": self._train_job, "compare": self._train_job, "width": self._width_job}[kind]
-        params = [settings.param] if kind == "run" else ["sp", "mup"]
-        self._job = Job(lambda job: body(job, settings, params, requested), previous=self._job,
-                        on_error=self._show_error, name=kind).start()
+
+        def target(job, s=settings, t0=requested):
+            if settle:
+                if not self._settle.wait(job):
+                    return
+                s = self.last_settings = self.settings()
+                self._set_status(self._starting_line(kind, s))
+                t0 = time.monotonic()
+            body(job, s, [s.param] if kind == "run" else ["sp", "mup"], t0)
+        job = Job(target, previous=self._job, on_error=self._show_error, name=kind)
+        self._job = job  # before it starts: a replaced job's late status lines are dropped from now on
+        if settle:
+            self._settle.begin(job)
+        self._set_status(self._starting_line(kind, settings))
+        job.start()
         if wait:
             self.join()
         return self
+
+    def _starting_line(self, kind: str, s: Settings) -> str:
+        return starting_line(kind, s, self._device_name(), self.width_view_widths(s.width))
 
     def _on_change(self, name: str) -> None:
         if self._quiet:
@@ -290,8 +313,11 @@ class Dashboard(Runs):
                 self._enable_controls(self.controls["optimizer"].value)
             finally:
                 self._quiet = False
-        if self.running and not self._closed:  # restart what was running with the new settings
-            self._start(self._kind, wait=False)
+        if self.running and not self._closed:  # restart what was running with the new settings, once
+            if self._settle.touch(self._job):   # a restart is already waiting: it will read this change
+                self.last_settings = self.settings()
+                return
+            self._start(self._kind, wait=False, settle=True)
 
     def _enable_controls(self, optimizer: str) -> None:
         """Damping (SOAP's eps) and memory for K-FAC, FOOF, Shampoo, SOAP; the Fisher for K-FAC, FOOF."""
@@ -300,6 +326,9 @@ class Dashboard(Runs):
         c["fisher"].disabled = optimizer not in ("kfac", "foof")
 
     def _set_status(self, text: str, color: str = "#333") -> None:
+        thread, job = threading.current_thread(), self._job
+        if thread.name.startswith(JOB_THREAD) and (job is None or thread is not job.thread):
+            return  # a replaced run finishing: the new run's line stays
         self._status = text
         self.status_widget.value = f'<span style="color:{color}; font-family:monospace">{html.escape(text)}</span>'
 
@@ -311,87 +340,3 @@ class Dashboard(Runs):
             import torch
             return f"cuda ({torch.cuda.get_device_name(self.device)})"
         return str(self.device)
-
-
-# ---------------------------------------------------------------------- argument checks
-def _integer(arg: str, value, lo: int | None = None, hi: int | None = None, allow_zero: bool = False,
-             where: str = "the slider's range") -> int:
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = int(value)  # numpy integers too
-    check_positive(arg, value, integer=True, allow_zero=allow_zero)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{arg}: expected an integer in {lo}..{hi} ({where}), got {value!r}")
-    return value
-
-
-def _number(arg: str, value, lo: float, hi: float) -> float:
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        value = float(value)  # numpy floats too
-    check_positive(arg, value)
-    if not lo <= value <= hi:
-        raise ValueError(f"{arg}: expected a number in [{lo:g}, {hi:g}] (the slider's range), got {value!r}")
-    return float(value)
-
-
-def _sequence(arg: str, value) -> tuple:
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"{arg}: expected a list or tuple of integers, got {value!r} ({type(value).__name__})")
-    return tuple(value)
-
-
-def _memory(value) -> float:
-    allowed = [v for _, v in MEMORY_CHOICES]
-    want = f"one of {', '.join(f'{v:g}' for v in allowed)} (the decay of the curvature average; 0: this batch's)"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"memory: expected {want}, got {value!r} ({type(value).__name__})")
-    for v in allowed:  # float32 0.95 is the choice 0.95
-        if math.isclose(value, v, rel_tol=1e-6):
-            return v
-    raise ValueError(f"memory: expected {want}, got {value!r}")
-
-
-def check_arguments(width, lr, damping, optimizer, param, dataset, depth, batch_size, steps, seed, fisher, memory,
-                    datasets, coord_widths, coord_steps, coord_seeds, update_interval) -> dict:
-    """Dashboard's arguments checked and normalized; ValueError/TypeError naming the bad one."""
-    optimizer = check_choice("optimizer", optimizer, OPTIMIZER_NAMES)
-    param = check_choice("param", param, PARAM_NAMES)
-    if datasets is None:
-        datasets = {}
-    if not isinstance(datasets, dict):
-        raise TypeError(f"datasets: expected a dict {{name: Dataset or function}}, got {type(datasets).__name__}")
-    for name, source in datasets.items():
-        if not isinstance(name, str):
-            raise TypeError(f"datasets: expected string names, got {name!r} ({type(name).__name__})")
-        if not (isinstance(source, Dataset) or callable(source)):
-            raise TypeError(f"datasets[{name!r}]: expected an ml.datasets Dataset or a function returning one, "
-                            f"got {source!r} ({type(source).__name__})")
-    names = dataset_names(datasets)
-    if not isinstance(dataset, str) or dataset not in names:
-        raise ValueError(f"dataset: expected one of {', '.join(map(repr, names))} (add others with "
-                         f"datasets={{name: Dataset}}), got {dataset!r}")
-    lr0, damping0 = DEFAULTS[optimizer]
-    fisher = check_choice("fisher", fisher, FISHER_NAMES)
-    out = dict(optimizer=optimizer, param=param, dataset=dataset, datasets=dict(datasets), fisher=fisher,
-               memory=_memory(memory),
-               width=_integer("width", width, *WIDTHS),
-               lr=_number("lr", lr0 if lr is None else lr, *LRS),
-               damping=_number("damping", (damping0 or 1e-3) if damping is None else damping, *DAMPINGS),
-               depth=_integer("depth", depth, *DEPTHS), steps=_integer("steps", steps, *STEPS),
-               batch_size=_integer("batch_size", batch_size), seed=_integer("seed", seed, allow_zero=True),
-               coord_steps=_integer("coord_steps", coord_steps),
-               update_interval=float(check_positive("update_interval", update_interval, allow_zero=True)))
-    if out["batch_size"] not in BATCH_SIZES:
-        raise ValueError(f"batch_size: expected one of {', '.join(map(str, BATCH_SIZES))} (the slider's "
-                         f"options), got {batch_size!r}")
-    if coord_widths is not None:
-        widths = [_integer(f"coord_widths[{i}]", w, 1, WIDTHS[1], where="at most the width slider's maximum")
-                  for i, w in enumerate(_sequence("coord_widths", coord_widths))]
-        if len(set(widths)) < 2 or len(set(widths)) != len(widths):
-            raise ValueError(f"coord_widths: expected at least 2 distinct widths (a slope needs two), "
-                             f"got {coord_widths!r}")
-        coord_widths = sorted(widths)
-    seeds = [_integer(f"coord_seeds[{i}]", x, allow_zero=True)
-             for i, x in enumerate(_sequence("coord_seeds", coord_seeds))]
-    if not seeds:
-        raise ValueError(f"coord_seeds: expected at least one seed, got {coord_seeds!r}")
-    return {**out, "coord_widths": coord_widths, "coord_seeds": tuple(seeds)}

@@ -5,7 +5,9 @@
 ``ml.train`` with the job's stop flag and feeds the records to throttled live figures and
 the status line. No training math happens here. A divergence (``ml.train``'s last record,
 ``mupso_lite.divergence``) shows in red with its message and hint, and as a dashed line on
-the loss plot; a run whose loss spiked but did not diverge, in orange the same way. Each
+the loss plot, zoomed to the steps that ran; a run whose loss spiked but did not diverge, in
+orange the same way, its mark at the step of the highest loss (the step the warning names).
+A Run draws the last ``EARLIER_RUNS`` Runs' curves faded behind its own (``EarlierRun``). Each
 model and optimizer lives only as long as its run: the optimizer's hooks are detached in a
 ``finally``, so nothing holds them after the job ends. The width view trains a few widths
 around the width control (``coord_widths_for``) and states ``ml.coord_check``'s verdict.
@@ -114,10 +116,69 @@ def width_axis(widths: list) -> dict:
                 ticktext=[str(w) for w in widths], autorange=False, minor=dict(ticks="", showgrid=False))
 
 
+def starting_line(kind: str, s: Settings, device: str, widths: list) -> str:
+    """The status line the moment a run is asked for (before its first step): what it runs."""
+    opt = dict((v, k) for k, v in OPTIMIZERS)[s.optimizer]
+    what = f"{opt}, width {s.width}, lr {s.lr:.2g}, {s.steps} steps, {s.dataset}"
+    if kind == "compare":
+        return f"device: {device} · running SP vs μP: {what} …"
+    if kind == "width":
+        return f"device: {device} · width view: starting ({LABEL[s.param]} {opt}, widths {', '.join(map(str, widths))}) …"
+    return f"device: {device} · running {LABEL[s.param]} {what} …"
+
+
+EARLIER_RUNS = 2   # how many earlier runs a Run shows, faded, behind its own curves
+
+
+@dataclass
+class EarlierRun:
+    """A finished Run's settings and records (the list it filled), drawn faded behind the next Runs."""
+
+    settings: Settings
+    classify: bool
+    records: list
+
+    def label(self, now: Settings) -> str:
+        """"earlier: width 128" and whatever else differs from ``now`` ("lr 0.1", "SP", ...)."""
+        s, names = self.settings, dict((v, k) for k, v in OPTIMIZERS)
+        parts = [f"width {s.width}"] + [text for differs, text in [
+            (s.param != now.param, LABEL[s.param]), (s.optimizer != now.optimizer, names[s.optimizer]),
+            (s.lr != now.lr, f"lr {s.lr:.2g}"), (s.damping != now.damping and DEFAULTS[s.optimizer][1] is not None,
+                                                 f"damping {s.damping:.1g}"),
+            (s.depth != now.depth, f"depth {s.depth}"), (s.batch_size != now.batch_size, f"batch {s.batch_size}"),
+            (s.dataset != now.dataset, s.dataset), (s.memory != now.memory, f"memory {s.memory:g}")] if differs]
+        return "earlier: " + ", ".join(parts)
+
+    def traces(self, now: Settings, classify: bool, opacity: float, group: str) -> tuple[list, list]:
+        """(loss traces, feature traces), faded, one legend entry per figure (a click hides them all)."""
+        recs, name = [r for r in self.records if math.isfinite(r["loss"])], self.label(now)
+        faded = dict(mode="lines", opacity=opacity, legendgroup=group, hoverinfo="x+y+name")
+        loss = [go.Scatter(x=[r["step"] for r in recs], y=[r["loss"] for r in recs], name=name,
+                           line=dict(color=COLORS[0]), **faded)]
+        key = "test_accuracy" if self.classify else "test_loss"
+        if self.classify == classify:   # the same test metric on the same axis
+            tested = [r for r in recs if r.get(key) is not None]
+            loss.append(go.Scatter(x=[r["step"] for r in tested], y=[r[key] for r in tested], name=f"{name} (test)",
+                                   yaxis="y2" if classify else "y", line=dict(color=COLORS[0], dash="dot"),
+                                   showlegend=False, **faded))
+        layers = list(dict.fromkeys(k for r in recs for k in r.get("feature_change", {})))
+        feature = [go.Scatter(x=[r["step"] for r in recs], y=[_finite(r.get("feature_change", {}).get(layer))
+                                                              for r in recs],
+                              name=name if j == 0 else f"{name}: {layer}", showlegend=j == 0,
+                              line=dict(color=COLORS[j % len(COLORS)]), **faded) for j, layer in enumerate(layers)]
+        return loss, feature
+
+
+def _finite(y):
+    return y if y is not None and math.isfinite(y) else None
+
+
 class Runs:
     """The training and width-view jobs; mixed into ``Dashboard`` (which owns the widgets)."""
 
     coord_result: CoordCheck | None = None  # the last width view, as ``ml.coord_check`` returns it
+    _shown: EarlierRun | None = None        # the Run whose curves the loss and feature figures show
+    _earlier: list = []                     # [EarlierRun], newest first: drawn faded (never mutated in place)
 
     def _dataset(self, name: str) -> Dataset:
         with self._data_lock:
@@ -149,7 +210,11 @@ class Runs:
         data = self._dataset(s.dataset)
         classify = data.task == "classification"
         layers = self._layers(s, data)
+        shown, self._shown = (self._shown if self._shown and self._shown.records else None), None
+        # a Run keeps the last runs' curves, faded; Compare shows only its own two
+        self._earlier = ([shown] + self._earlier)[:EARLIER_RUNS] if len(params) == 1 and shown else []
         self._reset_train_figures(s, params, layers, classify)
+        self._shown = None if len(params) > 1 else EarlierRun(s, classify, self.records)
         for k, param in enumerate(params):
             if job.stopped:
                 break
@@ -161,14 +226,26 @@ class Runs:
             del model, opt
         self.live["loss"].flush(force=True)
         self.live["feature"].flush(force=True)
+        self._zoom_to_divergence(s)
         self._finish_train_status(job, s, device, params, classify)
+
+    def _zoom_to_divergence(self, s: Settings) -> None:
+        """A run that diverged early: the x axes span the steps it ran (a little more), not all
+        of ``s.steps``, so the failing steps and their mark are not squeezed at the left edge."""
+        if not any(r["diverged"] for r in self.records):
+            return
+        last = max(r["step"] for r in self.records)
+        if last < s.steps:
+            end = min(s.steps, last + max(2, math.ceil(0.15 * last)))
+            for name in ("loss", "feature"):
+                self.live[name].set_x_range(0, end)
 
     def _train_one(self, job, s, k, params, model, opt, data, layers, device, requested) -> None:
         loss_fig, feat_fig = self.live["loss"], self.live["feature"]
         param, classify = params[k], data.task == "classification"
         tag = f"{LABEL[param]} " if len(params) > 1 else ""  # "SP step 3/40"
         prefix = f"{LABEL[param]}: " if len(params) > 1 else ""  # "SP: diverged at step 7: ..."
-        rec, spike = None, None
+        rec, peak = None, None   # peak: (loss, step) of the highest loss, as the divergence rule's warning
         for rec in train(model, opt, data, steps=s.steps, batch_size=s.batch_size, seed=s.seed,
                          eval_every=max(1, s.steps // 25), device=self.device, stop=job.stop_event):
             self.records.append({**rec, "param": param})
@@ -188,12 +265,13 @@ class Runs:
             if rec["diverged"]:
                 self.messages.append(f"{prefix}{rec['message']} · {rec['hint']}")
                 loss_fig.mark(rec["step"], f"{tag}diverged at step {rec['step']}")
-            elif rec.get("warning") and spike is None:   # the first step above 3x the start loss
-                spike = rec["step"]
+            elif math.isfinite(rec["loss"]) and (peak is None or rec["loss"] > peak[0]):
+                peak = (rec["loss"], rec["step"])
             if job.stopped:
                 break
-        if rec is not None and spike is not None and not rec["diverged"]:   # a diverged run has its own mark
-            loss_fig.mark(spike, f"{tag}loss spiked at step {spike}", color=WARN_COLOR)
+        if rec is not None and rec.get("warning") and not rec["diverged"]:   # a diverged run has its own mark
+            # the step of the highest loss: the step the warning ("spiked 29.7× ... at step 4") names
+            loss_fig.mark(peak[1], f"{tag}loss spiked at step {peak[1]}", color=WARN_COLOR)
         if rec is not None:
             self.timings["steps_per_s"] = rec["step"] / max(rec["seconds"], 1e-9)
 
@@ -235,9 +313,13 @@ class Runs:
                 feat_traces.append(go.Scatter(x=[], y=[], mode="lines", name=f"{name} ({role}){tag}",
                                               line=dict(color=COLORS[j % len(COLORS)],
                                                         dash="dash" if multi and param == "sp" else "solid")))
+        for i, earlier in enumerate(self._earlier):   # after the run's own traces: their indices stay
+            new_loss, new_feat = earlier.traces(s, classify, opacity=0.3 / (i + 1), group=f"earlier {i}")
+            loss_traces += new_loss
+            feat_traces += new_feat
         steps = dict(xaxis_range=[0, s.steps], yaxis_autorange=True)  # the x axis fits the whole run
         self.live["loss"].reset(loss_traces, layout=dict(
-            steps, yaxis_title_text="training loss" if classify else "loss (training, test)",
+            steps, showlegend=True, yaxis_title_text="training loss" if classify else "loss (training, test)",
             yaxis2_visible=classify))  # regression: the test loss shares the loss axis
         self.live["feature"].reset(feat_traces, layout=steps)
 
@@ -336,4 +418,3 @@ class Runs:
             slope = slopes.get(name, math.nan)
             fig.figure.data[2 * j].name = f"{name} ({role})" + (f": slope {slope:+.2f}" if len(ws) > 1 else "")
         fig.flush(force=True)
-

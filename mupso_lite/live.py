@@ -26,6 +26,9 @@ import traitlets
 import plotly.graph_objects as go
 
 
+JOB_THREAD = "mupso-dashboard-"  # the name of every job's thread starts so
+
+
 class Job:
     """``target(job)`` in a background thread; ``job.stop_event`` asks it to end.
 
@@ -39,7 +42,7 @@ class Job:
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.traceback = ""  # the formatted traceback of ``error``
-        self.thread = threading.Thread(target=self._main, name=f"mupso-dashboard-{name}", daemon=True)
+        self.thread = threading.Thread(target=self._main, name=f"{JOB_THREAD}{name}", daemon=True)
 
     def start(self) -> "Job":
         if self.previous is not None:
@@ -89,6 +92,36 @@ def _without_frames(error: BaseException) -> BaseException:
     return error
 
 
+class Settle:
+    """Coalesces a burst of control changes into one restart: ``touch(job)`` records a change
+    (True if ``job`` is a restart still waiting, which will read the latest settings), ``begin(job)``
+    makes ``job`` the waiting restart, and ``wait(job)``, in its thread, returns once nothing has
+    changed for ``delay`` seconds (False if the job was stopped meanwhile)."""
+
+    def __init__(self, delay: float = 0.4):
+        self.delay, self.lock, self.last, self.waiting = delay, threading.Lock(), float("-inf"), None
+
+    def touch(self, job: "Job | None") -> bool:
+        with self.lock:
+            self.last = time.monotonic()
+            return job is not None and self.waiting is job and not job.stopped
+
+    def begin(self, job: "Job") -> None:
+        with self.lock:
+            self.waiting = job
+
+    def wait(self, job: "Job") -> bool:
+        while True:
+            with self.lock:
+                left = self.delay - (time.monotonic() - self.last)
+                if left <= 0:
+                    if self.waiting is job:
+                        self.waiting = None
+                    return not job.stopped
+            if job.stop_event.wait(left):
+                return False
+
+
 class Throttle:
     """``ready()`` is True at most once every ``interval`` seconds (and always when forced)."""
 
@@ -110,7 +143,8 @@ class LiveFigure:
     ``add(i, x, y)`` appends a point to trace ``i``; ``set(i, xs, ys)`` replaces its data;
     ``flush()`` sends everything that changed since the last flush in one ``batch_update``;
     ``mark(x, text)`` draws a labelled vertical line (a layout shape and annotation, so the
-    browser shows it too). Non-finite values are stored as None: a gap in the line.
+    browser shows it too), its label inside the plot; ``set_x_range(lo, hi)`` zooms the x axis.
+    Non-finite values are stored as None: a gap in the line.
     """
 
     def __init__(self, figure, interval: float = 0.15):
@@ -144,13 +178,30 @@ class LiveFigure:
 
     def mark(self, x, text: str, color: str = "#c00") -> None:
         """A dashed vertical line at ``x`` labelled ``text`` (e.g. where a run diverged); the
-        labels of later marks sit lower, so two marks at the same step stay readable."""
-        y = 1 - 0.08 * len(self.figure.layout.annotations)
+        labels of later marks sit lower, so two marks at the same step stay readable. The label
+        sits inside the plot area: right of the line in the left half of the x range, left of
+        it in the right half (``set_x_range`` moves it when the range changes)."""
+        y = max(0.1, 1 - 0.08 * len(self.figure.layout.annotations))
         with self.figure.batch_update():
             self.figure.add_shape(type="line", xref="x", yref="paper", x0=x, x1=x, y0=0, y1=1,
                                   line=dict(color=color, width=1.5, dash="dash"))
             self.figure.add_annotation(x=x, xref="x", y=y, yref="paper", text=text, showarrow=False,
-                                       xanchor="right", yanchor="top", font=dict(color=color, size=11))
+                                       yanchor="top", font=dict(color=color, size=11),
+                                       bgcolor="rgba(255,255,255,0.8)", **self._label_side(x))
+
+    def set_x_range(self, lo, hi) -> None:
+        """Show x from ``lo`` to ``hi``, the marks' labels on the side of their line that stays inside."""
+        with self.figure.batch_update():
+            self.figure.layout.xaxis.range = [lo, hi]
+            self.figure.layout.xaxis.autorange = False
+            for note in self.figure.layout.annotations:
+                note.update(**self._label_side(note.x, (lo, hi)))
+
+    def _label_side(self, x, x_range=None) -> dict:
+        lo, hi = x_range or self.figure.layout.xaxis.range or (None, None)
+        if lo is None or hi is None or hi <= lo:
+            return dict(xanchor="left", xshift=4)
+        return dict(xanchor="left", xshift=4) if (x - lo) / (hi - lo) < 0.5 else dict(xanchor="right", xshift=-4)
 
     def flush(self, force: bool = False) -> bool:
         """Push the changed traces if the throttle allows (or ``force``); True if pushed."""

@@ -1,4 +1,5 @@
 """The dashboard driven without a browser: runs, stop, restart, errors, divergence, figures."""
+import re
 import threading
 import time
 
@@ -15,6 +16,20 @@ def wait_for(condition, timeout=60.0):
             return True
         time.sleep(0.01)
     return False
+
+
+def label_inside(fig, note):
+    """The mark's label is on the side of its line that stays inside the plot's x range."""
+    lo, hi = fig.layout.xaxis.range
+    left_half = (note.x - lo) / (hi - lo) < 0.5
+    return (note.xanchor, note.xshift > 0) == (("left", True) if left_half else ("right", False))
+
+
+@pytest.mark.parametrize("factor,text", [(1089.7, "1090×"), (1.0899e3, "1090×"), (29.71, "29.7×"), (6.0, "6×"),
+                                         (11.5, "11.5×"), (4.5e8, "450000000×"), (0.5, "0.5×"), (9.996, "10×")])
+def test_factors_have_at_most_3_digits_no_exponent_and_the_times_sign(factor, text):
+    from mupso_lite.divergence import format_factor
+    assert format_factor(factor) == text
 
 
 def test_run_plots_loss_accuracy_and_one_feature_trace_per_layer():
@@ -52,17 +67,100 @@ def test_stop_ends_the_run_within_one_step():
 def test_moving_a_slider_during_a_run_restarts_it_cleanly():
     dash = Dashboard(width=256, steps=2000, optimizer="adam").run()
     assert wait_for(lambda: len(dash.records) >= 5)
-    first_job = dash._job
+    first_job, old_records = dash._job, dash.records
     dash.controls["width"].value = 64
     assert first_job.join(timeout=30) and first_job.stopped
     assert dash.last_settings.width == 64 and dash.running
-    assert wait_for(lambda: len(dash.records) >= 5)
+    assert wait_for(lambda: dash.records is not old_records and len(dash.records) >= 5)
     dash.stop()
     assert dash.join(timeout=30)
     steps = [r["step"] for r in dash.records]
     assert steps == list(range(1, len(steps) + 1))  # a fresh run, not the old one continued
     assert list(dash.loss_figure.data[0].x) == steps
     assert first_job.error is None and dash._job.error is None
+
+
+def test_run_and_compare_say_running_at_once_and_a_replaced_run_does_not_overwrite_it():
+    dash = Dashboard(width=64, steps=10, optimizer="sgd").run(wait=True)
+    assert "done, 10 steps" in dash.status
+    gate, load = threading.Event(), dash._dataset
+    dash._dataset = lambda name: (gate.wait(30), load(name))[1]   # the new run waits before its first step
+    dash.run()
+    assert dash.status == "device: cpu · running μP SGD, width 64, lr 0.5, 10 steps, digits …"
+    gate.set()
+    assert dash.join(timeout=60) and "done, 10 steps" in dash.status
+    dash._dataset = load
+    dash.controls["steps"].value = 2000
+    dash.run()
+    assert wait_for(lambda: len(dash.records) >= 3)
+    first_job, gate = dash._job, threading.Event()
+    dash._dataset = lambda name: (gate.wait(30), load(name))[1]
+    dash.compare()   # the replaced run ends ("stopped at step ...") while the comparison waits
+    assert first_job.join(timeout=30)
+    assert dash.status == "device: cpu · running SP vs μP: SGD, width 64, lr 0.5, 2000 steps, digits …"
+    dash.width_view()
+    assert dash.status.startswith("device: cpu · width view: starting (μP SGD, widths 32, 64, 128, 256, 512) …")
+    gate.set()
+    dash.close()
+
+
+def count_runs(dash):
+    """Wrap ``dash._train_job``: the list returned gets the settings of every run that begins."""
+    started, train_job = [], dash._train_job
+    dash._train_job = lambda job, s, *rest: (started.append(s), train_job(job, s, *rest))[1]
+    return started
+
+
+def test_quick_changes_during_a_run_restart_it_once_with_the_last_values():
+    dash = Dashboard(width=256, steps=2000, optimizer="adam").run()
+    started = count_runs(dash)
+    assert wait_for(lambda: len(dash.records) >= 3)
+    first_job = dash._job
+    for width in (128, 64, 128, 512, 64):   # a slider's key presses, well within the restart delay
+        dash.controls["width"].value = width
+        time.sleep(0.02)
+    dash.controls["lr"].value = 0.02
+    assert first_job.join(timeout=30) and first_job.stopped   # the old run stops at once
+    assert dash.running and dash.last_settings.width == 64 and dash.last_settings.lr == pytest.approx(0.02)
+    assert wait_for(lambda: len(started) == 1 and len(dash.records) >= 3)
+    time.sleep(1.0)   # longer than the restart delay: nothing else starts
+    assert len(started) == 1 and (started[0].width, started[0].lr) == (64, pytest.approx(0.02))
+    assert dash.records[0]["step"] == 1 and dash.running
+    dash.controls["width"].value = 128   # a change after the run began: one more restart
+    assert wait_for(lambda: len(started) == 2) and started[1].width == 128
+    dash.controls["width"].value = 256   # a restart waits for the controls to be still ...
+    dash.run()   # ... and an explicit Run replaces it: one run, not two
+    assert wait_for(lambda: len(started) == 3)
+    time.sleep(1.0)
+    assert len(started) == 3 and started[2].width == 256
+    dash.close()
+    assert not dash.running and all(job.error is None for job in (first_job, dash._job))
+
+
+def test_a_run_keeps_the_last_two_runs_faded_and_compare_does_not():
+    dash = Dashboard(width=64, steps=10, optimizer="sgd").run(wait=True)
+    first = [r["loss"] for r in dash.records]
+    assert [t.name for t in dash.loss_figure.data] == ["train loss", "test accuracy"]
+    dash.controls["width"].value = 128
+    dash.run(wait=True)
+    loss, acc, old_loss, old_acc = dash.loss_figure.data   # the run's own traces first: their indices stay
+    assert (loss.name, loss.opacity, list(loss.x)) == ("train loss", None, list(range(1, 11)))
+    assert old_loss.name == "earlier: width 64" and old_loss.opacity == 0.3 and list(old_loss.y) == first
+    assert old_acc.yaxis == "y2" and old_acc.showlegend is False and old_acc.legendgroup == old_loss.legendgroup
+    features = dash.feature_figure.data
+    assert len(features) == 6 and [t.opacity for t in features[3:]] == [0.3] * 3
+    assert [t.showlegend for t in features[3:]] == [True, False, False] and features[3].name == "earlier: width 64"
+    dash.controls["width"].value, dash.controls["lr"].value = 256, 0.1
+    dash.run(wait=True)
+    dash.controls["width"].value = 512
+    dash.run(wait=True)   # at most two earlier runs, the newest least faded
+    faded = [(t.name, t.opacity) for t in dash.loss_figure.data if t.opacity and t.showlegend is not False]
+    assert faded == [("earlier: width 256", 0.3), ("earlier: width 128, lr 0.5", 0.15)]
+    dash.compare(wait=True)   # Compare and the Run after it show only their own curves
+    assert all(t.opacity is None for t in dash.loss_figure.data + dash.feature_figure.data)
+    dash.run(wait=True)
+    assert [t.name for t in dash.loss_figure.data] == ["train loss", "test accuracy"]
+    dash.close()
 
 
 def test_moving_a_slider_while_idle_does_not_start_a_run():
@@ -105,11 +203,16 @@ def test_a_blow_up_is_reported_with_a_hint_and_marked_on_the_loss_plot():
     last = dash.records[-1]
     assert last["diverged"] and last["step"] < 40 and last["hint"] == "lower the learning rate"
     assert f"diverged at step {last['step']}: the loss rose" in dash.status
+    assert re.search(r"the loss rose \d+(\.\d+)?×, from .* stayed above 10× its start", dash.status), dash.status
     assert " for 5 steps · lower the learning rate · " in dash.status
     assert "color:#c00" in dash.status_widget.value
     assert dash.messages == [f"{last['message']} · lower the learning rate"]
     (line,), (note,) = dash.loss_figure.layout.shapes, dash.loss_figure.layout.annotations
     assert line.x0 == last["step"] and note.text == f"diverged at step {last['step']}"
+    # zoomed to the steps that ran (not 0..40 with the mark at the left edge), the label inside the plot
+    lo, hi = dash.loss_figure.layout.xaxis.range
+    assert lo == 0 and last["step"] < hi < 40 and list(dash.feature_figure.layout.xaxis.range) == [lo, hi]
+    assert label_inside(dash.loss_figure, note) and dash.loss_figure.layout.showlegend
     assert dash.snapshot("loss").layout.shapes[0].x0 == last["step"]  # a saved notebook keeps it
 
 
@@ -122,6 +225,11 @@ def test_compare_reports_divergence_per_parametrization():
     marks = [a.text for a in dash.loss_figure.layout.annotations]
     assert marks[0] == f"SP diverged at step {max(r['step'] for r in dash.records if r['param'] == 'sp')}"
     assert len(marks) == 2 and marks[1].startswith("μP loss spiked at step")
+    mup = [r for r in dash.records if r["param"] == "mup"]
+    peak = max(mup, key=lambda r: r["loss"])["step"]   # the step the warning names is the step marked
+    assert marks[1] == f"μP loss spiked at step {peak}" and mup[-1]["warning"].endswith(f" at step {peak}")
+    assert list(dash.loss_figure.layout.xaxis.range) == [0, 40]   # μP ran all 40 steps: no zoom
+    assert all(label_inside(dash.loss_figure, note) for note in dash.loss_figure.layout.annotations)
 
 
 def test_close_stops_the_run_and_closes_the_widgets():

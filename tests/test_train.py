@@ -65,7 +65,7 @@ def test_a_finite_blow_up_is_divergence_too():
     recs = ml.run(model, opt, "digits", steps=100)
     last = recs[-1]
     assert last["diverged"] and math.isfinite(last["loss"]) and last["loss"] > 10 * recs[0]["loss"]
-    assert "rose" in last["message"] and "stayed above 10x its start for 5 steps" in last["message"]
+    assert "rose" in last["message"] and "stayed above 10× its start for 5 steps" in last["message"]
     # the 5 steps before the last are above 10x the start too, and none of them was flagged
     assert all(r["loss"] > 10 * recs[0]["loss"] for r in recs[-5:]) and not any(r["diverged"] for r in recs[:-1])
     assert len(recs) < 100
@@ -86,7 +86,7 @@ def test_divergence_rule_counts_consecutive_steps():
     assert rule.check(1, 2.0) is None                      # the start: 2.0
     assert [rule.check(k, v) for k, v in [(2, 30.0), (3, 25.0), (4, 5.0), (5, 21.0), (6, 22.0)]] == [None] * 5
     msg = rule.check(7, 23.0)                              # third step in a row above 20
-    assert msg.startswith("diverged at step 7: the loss rose 11.5x, from 2 to 23")
+    assert msg.startswith("diverged at step 7: the loss rose 11.5×, from 2 to 23")
     assert ml.DivergenceRule().check(1, float("nan")) == "diverged at step 1: the loss is nan"
     for bad in (1.0, 0.5, float("nan"), "10"):
         with pytest.raises(ValueError, match="divergence.factor: expected a number > 1"):
@@ -112,7 +112,7 @@ def test_a_spike_that_does_not_diverge_is_a_warning_with_the_hint():
     assert [rule.check(k, v) for k, v in [(1, 2.0), (2, 5.9), (3, 1.0)]] == [None] * 3
     assert rule.warning == ""                                  # 2.95x: below the 3x spike
     assert rule.check(4, 12.0) is None
-    assert rule.warning == "unstable: the loss spiked 6x, from 2 to 12 at step 4"
+    assert rule.warning == "unstable: the loss spiked 6×, from 2 to 12 at step 4"
     assert ml.DivergenceRule(spike=float("inf")).warning == ""
     for bad in (1.0, float("nan"), True):
         with pytest.raises(ValueError, match="divergence.spike: expected a number > 1"):

@@ -201,6 +201,12 @@ def test_a_spike_shows_a_warning_hint_and_an_orange_mark():
     assert "color:#b35900" in dash.status_widget.value
     (line,), (note,) = dash.loss_figure.layout.shapes, dash.loss_figure.layout.annotations
     assert note.text.startswith("loss spiked at step ") and line.x0 == int(note.text.split()[-1])
+    # one step in the status and on the plot: the step of the highest loss, which the warning names
+    peak = max(dash.records, key=lambda r: r["loss"])["step"]
+    assert line.x0 == peak and last["warning"].endswith(f" at step {peak}")
+    assert f"at step {peak} · " in dash.status and "×, from " in dash.status and "e+" not in last["warning"]
+    lo, hi = dash.loss_figure.layout.xaxis.range
+    assert (note.xanchor, note.xshift > 0) == (("left", True) if (peak - lo) / (hi - lo) < 0.5 else ("right", False))
     dash.close()
 
 
