@@ -82,6 +82,24 @@ def adam_step(p: torch.Tensor, st: dict, group: dict) -> None:
     p.add_(update.to(p.dtype), alpha=-group["lr"])
 
 
+def step_matrices(optimizer, closure, flag: str, matrix_step):
+    """One step of Muon or SOAP: ``matrix_step(p, state, group)`` for the matrices of the groups
+    with ``group[flag]`` (Conv2d weights too), Adam (``adam_step``) for every other parameter."""
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if group[flag] and p.dim() >= 2:
+                matrix_step(p, optimizer.state[p], group)
+            else:
+                adam_step(p, optimizer.state[p], group)
+    return loss
+
+
 def check_betas(arg: str, betas) -> tuple:
     """Two numbers in [0, 1), else ValueError naming ``arg``."""
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(
@@ -121,19 +139,7 @@ class Muon(Checkpointed, torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if group["use_muon"] and p.dim() >= 2:
-                    self._muon_step(p, self.state[p], group)
-                else:
-                    adam_step(p, self.state[p], group)
-        return loss
+        return step_matrices(self, closure, "use_muon", self._muon_step)
 
     def _muon_step(self, p, st, group):
         g = p.grad.reshape(p.shape[0], -1).to(work_dtype(p))

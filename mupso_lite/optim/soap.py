@@ -55,7 +55,7 @@ import torch
 
 from ..checks import check_choice, check_positive
 from .checkpoint import Checkpointed
-from .muon import adam_step, buffer, check_betas, work_dtype
+from .muon import buffer, check_betas, step_matrices, work_dtype
 
 REFRESH = ("eigh", "qr")
 
@@ -99,19 +99,7 @@ class SOAP(Checkpointed, torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if group["use_soap"] and p.dim() >= 2:
-                    self._soap_step(p, self.state[p], group)
-                else:
-                    adam_step(p, self.state[p], group)
-        return loss
+        return step_matrices(self, closure, "use_soap", self._soap_step)
 
     def _soap_step(self, p, st, group):
         g = p.grad.reshape(p.shape[0], -1).to(work_dtype(p))
