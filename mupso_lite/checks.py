@@ -29,6 +29,17 @@ def check_positive(arg: str, value, integer: bool = False, allow_zero: bool = Fa
     return value
 
 
+def check_decay(arg: str, value, none: str | None = None):
+    """A decay or momentum: a number in [0, 1) (not a bool), or None where ``none`` says what None
+    means; else ValueError naming ``arg``."""
+    if value is None and none is not None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        want = f"None ({none}) or a number in [0, 1)" if none is not None else "a number in [0, 1)"
+        raise ValueError(f"{arg}: expected {want}, got {value!r}")
+    return value
+
+
 def check_seed(arg: str, value) -> int:
     """A random seed: an integer in 0 .. 2**32 - 1 (what torch and numpy both accept); numpy
     integers are taken as ints."""

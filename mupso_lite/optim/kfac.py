@@ -72,7 +72,7 @@ import torch
 from torch import nn
 
 from ..losses import LOSSES, loss_function, sample_targets
-from ..checks import check_choice, check_positive
+from ..checks import check_choice, check_decay, check_positive
 from ..roles import weight_layers
 from .capture import LayerCapture, gradient_matrix, output_rows
 from .checkpoint import Checkpointed
@@ -136,8 +136,7 @@ class KFAC(Checkpointed, torch.optim.Optimizer):
         if loss not in LOSSES:
             raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
         self.loss = loss
-        if not (isinstance(ema_decay, (int, float)) and 0.0 <= ema_decay < 1.0):
-            raise ValueError(f"ema_decay: expected a number in [0, 1), got {ema_decay!r}")
+        check_decay("ema_decay", ema_decay)
         check_positive("factor_interval", factor_interval, integer=True)
         check_positive("inverse_interval", inverse_interval, integer=True)
         check_positive("momentum", momentum, allow_zero=True)

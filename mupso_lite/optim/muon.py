@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_choice, check_positive
+from ..checks import check_choice, check_decay, check_positive
 from .checkpoint import Checkpointed
 from .linalg import HALF
 
@@ -102,10 +102,12 @@ def step_matrices(optimizer, closure, flag: str, matrix_step):
 
 def check_betas(arg: str, betas) -> tuple:
     """Two numbers in [0, 1), else ValueError naming ``arg``."""
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas)):
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise ValueError(f"{arg}: expected two numbers in [0, 1), got {betas!r}")
-    return tuple(float(b) for b in betas)
+    try:
+        return tuple(float(check_decay(arg, b)) for b in betas)
+    except ValueError:
+        raise ValueError(f"{arg}: expected two numbers in [0, 1), got {betas!r}") from None
 
 
 class Muon(Checkpointed, torch.optim.Optimizer):
@@ -125,8 +127,7 @@ class Muon(Checkpointed, torch.optim.Optimizer):
                  weight_decay: float = 0.0, orthogonalize: str = "newton_schulz", ns_steps: int = 5,
                  betas=(0.9, 0.95), eps: float = 1e-8, use_muon: bool = True, lr_rule: str | None = None):
         check_positive("lr", lr)
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
+        check_decay("momentum", momentum)
         check_positive("weight_decay", weight_decay, allow_zero=True)
         self.method = check_choice("orthogonalize", orthogonalize, METHODS)
         self.ns_steps = check_positive("ns_steps", ns_steps, integer=True)

@@ -45,7 +45,7 @@ import weakref
 import torch
 from torch import nn
 
-from ..checks import check_choice, check_positive
+from ..checks import check_choice, check_decay, check_positive
 from ..roles import weight_layers
 from .capture import LayerCapture
 from .checkpoint import Checkpointed
@@ -90,13 +90,10 @@ class Shampoo(Checkpointed, torch.optim.Optimizer):
         if warmup is None:
             warmup = WARMUP if update_interval > 1 else 0
         self.warmup = check_positive("warmup", warmup, integer=True, allow_zero=True)
-        if beta is not None and not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
-            raise ValueError(f"beta: expected None (running sums) or a number in [0, 1), got {beta!r}")
+        check_decay("beta", beta, none="running sums")
         if grafting is not None:
             grafting = check_choice("grafting", grafting, ("sgd", "adam"))
-        if isinstance(graft_beta2, bool) or not isinstance(graft_beta2, (int, float)) \
-                or not 0.0 <= graft_beta2 < 1.0:
-            raise ValueError(f"graft_beta2: expected a number in [0, 1), got {graft_beta2!r}")
+        check_decay("graft_beta2", graft_beta2)
         check_positive("momentum", momentum, allow_zero=True)
         check_positive("weight_decay", weight_decay, allow_zero=True)
         defaults = dict(lr=lr, eps=eps, momentum=momentum, weight_decay=weight_decay)

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_choice, check_positive
+from ..checks import check_choice, check_decay, check_positive
 from .checkpoint import Checkpointed
 from .muon import buffer, check_betas, step_matrices, work_dtype
 
@@ -86,9 +86,7 @@ class SOAP(Checkpointed, torch.optim.Optimizer):
                  refresh: str = "eigh", use_soap: bool = True, spectral: bool = False):
         check_positive("lr", lr)
         betas = check_betas("betas", betas)
-        if shampoo_beta is not None and (isinstance(shampoo_beta, bool) or not isinstance(shampoo_beta, (int, float))
-                                         or not 0.0 <= shampoo_beta < 1.0):
-            raise ValueError(f"shampoo_beta: expected None (betas[1]) or a number in [0, 1), got {shampoo_beta!r}")
+        check_decay("shampoo_beta", shampoo_beta, none="betas[1]")
         check_positive("eps", eps, allow_zero=True)
         check_positive("weight_decay", weight_decay, allow_zero=True)
         self.precondition_frequency = check_positive("precondition_frequency", precondition_frequency, integer=True)
