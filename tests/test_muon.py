@@ -12,6 +12,8 @@ import mupso_lite as ml
 from mupso_lite.coord import STABLE
 from mupso_lite.optim.muon import NS_COEFFICIENTS, orthogonalize
 
+from optim_helpers import seeded_steps, small_mlp
+
 DATA = ml.datasets.teacher(n_train=256, n_test=64)
 
 
@@ -145,37 +147,25 @@ def test_a_bfloat16_model_trains():
     assert opt.state[model.layers[1].weight]["momentum_buffer"].dtype == torch.float32
 
 
-def _mlp(width):
-    return ml.MLP(12, 3, width=width, depth=3, base_width=8, bias=True, seed=0)
-
-
-def _steps(model, opt, seeds):
-    for s in seeds:
-        g = torch.Generator().manual_seed(s)
-        opt.zero_grad()
-        F.cross_entropy(model(torch.randn(16, 12, generator=g)), torch.randint(0, 3, (16,), generator=g)).backward()
-        opt.step()
-
-
 def test_state_dict_round_trip_and_refusals(tmp_path):
-    model = _mlp(24)
+    model = small_mlp(24)
     opt = ml.make_optimizer(model, "muon", lr=0.02)
-    _steps(model, opt, range(6))
+    seeded_steps(model, opt, range(6))
     straight = [p.detach().clone() for p in model.parameters()]
-    model = _mlp(24)
+    model = small_mlp(24)
     opt = ml.make_optimizer(model, "muon", lr=0.02)
-    _steps(model, opt, range(3))
+    seeded_steps(model, opt, range(3))
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
-    model, ckpt = _mlp(24), torch.load(tmp_path / "ckpt.pt")
+    model, ckpt = small_mlp(24), torch.load(tmp_path / "ckpt.pt")
     opt = ml.make_optimizer(model, "muon", lr=0.02)
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["opt"])
-    _steps(model, opt, range(3, 6))
+    seeded_steps(model, opt, range(3, 6))
     for a, b in zip(model.parameters(), straight):
         torch.testing.assert_close(a.detach(), b)
-    for other, words in ((ml.make_optimizer(_mlp(32), "muon", lr=0.02), "another width"),
-                         (ml.make_optimizer(_mlp(24), "muon", lr=0.02, io="adam"), "use_muon"),
-                         (ml.make_optimizer(_mlp(24), "muon", lr=0.02, lr_rule="original"), "lr_rule")):
+    for other, words in ((ml.make_optimizer(small_mlp(32), "muon", lr=0.02), "another width"),
+                         (ml.make_optimizer(small_mlp(24), "muon", lr=0.02, io="adam"), "use_muon"),
+                         (ml.make_optimizer(small_mlp(24), "muon", lr=0.02, lr_rule="original"), "lr_rule")):
         with pytest.raises(ValueError, match=words):
             other.load_state_dict(ckpt["opt"])
 
@@ -226,7 +216,7 @@ def test_parametrized_model_sends_outside_parameters_to_adam():
     (lambda m: ml.Muon(m.parameters(), betas=(0.9, 1.0)), "betas: expected two numbers in"),
 ])
 def test_bad_arguments_are_refused_by_name(call, words):
-    model = _mlp(16)
+    model = small_mlp(16)
     with pytest.raises(ValueError, match=words):
         call(model)
 

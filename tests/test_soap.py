@@ -11,6 +11,8 @@ from torch import nn
 import mupso_lite as ml
 from mupso_lite.coord import STABLE
 
+from optim_helpers import seeded_steps, small_mlp
+
 DATA = ml.datasets.teacher(n_train=256, n_test=64)
 
 
@@ -129,33 +131,21 @@ def test_a_bfloat16_model_trains():
     assert opt.state[model.layers[1].weight]["Q_L"].dtype == torch.float32
 
 
-def _mlp(width):
-    return ml.MLP(12, 3, width=width, depth=3, base_width=8, bias=True, seed=0)
-
-
-def _steps(model, opt, seeds):
-    for s in seeds:
-        g = torch.Generator().manual_seed(s)
-        opt.zero_grad()
-        F.cross_entropy(model(torch.randn(16, 12, generator=g)), torch.randint(0, 3, (16,), generator=g)).backward()
-        opt.step()
-
-
 def test_state_dict_round_trip_and_refusals(tmp_path):
     def build(width, **options):
-        return ml.make_optimizer(_mlp(width), "soap", lr=0.003, precondition_frequency=2, **options)
-    straight_model = _mlp(24)
+        return ml.make_optimizer(small_mlp(width), "soap", lr=0.003, precondition_frequency=2, **options)
+    straight_model = small_mlp(24)
     straight = ml.make_optimizer(straight_model, "soap", lr=0.003, precondition_frequency=2)
-    _steps(straight_model, straight, range(6))
-    model = _mlp(24)
+    seeded_steps(straight_model, straight, range(6))
+    model = small_mlp(24)
     opt = ml.make_optimizer(model, "soap", lr=0.003, precondition_frequency=2)
-    _steps(model, opt, range(3))
+    seeded_steps(model, opt, range(3))
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
-    model, ckpt = _mlp(24), torch.load(tmp_path / "ckpt.pt")
+    model, ckpt = small_mlp(24), torch.load(tmp_path / "ckpt.pt")
     opt = ml.make_optimizer(model, "soap", lr=0.003, precondition_frequency=2)
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["opt"])
-    _steps(model, opt, range(3, 6))
+    seeded_steps(model, opt, range(3, 6))
     for a, b in zip(model.parameters(), straight_model.parameters()):
         torch.testing.assert_close(a, b)
     for other, words in ((build(32), "another width"), (build(24, io="adam"), "use_soap")):
@@ -187,7 +177,7 @@ def test_make_optimizer_lr_and_eps_follow_the_table():
 ])
 def test_bad_arguments_are_refused_by_name(call, words):
     with pytest.raises(ValueError, match=words):
-        call(_mlp(16))
+        call(small_mlp(16))
 
 
 def _coord(param, steps=(1,), lr=0.003, **options):
@@ -201,17 +191,17 @@ def _coord(param, steps=(1,), lr=0.003, **options):
 @pytest.mark.parametrize("step_count", [1, 3])
 def test_spectral_rescales_each_step_to_spectral_norm_lr(step_count):
     """spectral=True: dW = -lr N / |N|_2, N the plain SOAP step (same state, same gradients)."""
-    model = _mlp(16)
+    model = small_mlp(16)
     plain = ml.make_optimizer(model, "soap", lr=0.01)
     twin = copy.deepcopy(model)
     spectral = ml.make_optimizer(twin, "soap", lr=0.01, spectral=True)
-    _steps(model, plain, range(step_count - 1))
-    _steps(twin, spectral, range(step_count - 1))
+    seeded_steps(model, plain, range(step_count - 1))
+    seeded_steps(twin, spectral, range(step_count - 1))
     # the states agree (the statistics and moments do not depend on the step's size) ...
     before = [p.detach().clone() for p in model.parameters()]
     twin_before = [p.detach().clone() for p in twin.parameters()]
-    _steps(model, plain, [step_count])
-    _steps(twin, spectral, [step_count])
+    seeded_steps(model, plain, [step_count])
+    seeded_steps(twin, spectral, [step_count])
     for g, h in zip(plain.param_groups, spectral.param_groups):
         if not g["use_soap"]:
             continue
