@@ -9,7 +9,7 @@ LAB_STAMP := $(VENV)/.installed-lab
 DEV_STAMP := $(VENV)/.installed-dev
 NOTEBOOK := notebooks/00_playground.ipynb
 
-.PHONY: venv lab test
+.PHONY: venv lab test student
 
 venv: $(DEV_STAMP)
 
@@ -38,3 +38,8 @@ lab: $(LAB_STAMP)
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# The student copies of the notebooks in build/student/: each exercise's answer replaced by a stub,
+# its check kept (notebooks/student.py). Hand these out; the notebooks/ copies hold the answers.
+student: $(LAB_STAMP)
+	$(BIN)/python notebooks/student.py

@@ -5,59 +5,52 @@
     python notebooks/execute.py                            # all at CI size, into artifacts/notebooks-ci/
     python notebooks/execute.py 05_damping --out /tmp/nb   # one at CI size, into /tmp/nb/
 
-**Class size** runs each notebook with its own defaults (its ``parameters`` cell): this is what
-is committed, so ``--size class`` without ``--out`` rewrites the notebooks in ``notebooks/``.
-The first seven took 8 minutes on 2 shared CPU cores, 07 about 1 more (``docs/notebooks.md`` lists each one).
+Each notebook's sizes live in its ``parameters`` cell: the lesson sizes first, then a block
+``if os.environ.get("MUPSO_SIZE") == "ci":`` with the small sizes the tests use.
 
-**CI size** runs each notebook with the small parameters in ``CI`` below (papermill writes
-them into an ``injected-parameters`` cell after the ``parameters`` cell), about 3 minutes for
-all eight. It checks that a notebook runs and that its claims hold: every notebook ends with a
-"Checks" cell of plain ``assert`` statements, written to hold at both sizes.
-``tests/test_notebooks.py`` imports ``CI`` from here, so the CI sizes live in this one place.
-CI-size copies are never written over the committed notebooks.
+**Class size** runs each notebook with its lesson sizes (``MUPSO_SIZE`` unset): this is what is
+committed, so ``--size class`` without ``--out`` rewrites the notebooks in ``notebooks/``.
+``docs/notebooks.md`` lists how long each one took on 2 CPU cores.
 
-Before executing, any ``injected-parameters`` cell left in the source is removed, so class size
-really uses the notebook's defaults. Volatile metadata (timings, absolute paths, saved widget
-state) is removed from the result, so that re-executing leaves a small diff.
+**CI size** sets ``MUPSO_SIZE=ci`` for the kernel, so each notebook picks its small sizes, about
+3 minutes for all eight. It checks that a notebook runs and that its claims hold: every notebook
+ends with a "Checks" cell of plain ``assert`` statements, written to hold at both sizes. The tests
+run the same sizes through nbval (``MUPSO_SIZE=ci pytest --nbval-lax notebooks/``). CI-size
+copies are never written over the committed notebooks.
+
+papermill's parameters still work on top of either size (``execute(name, parameters={...})``
+adds an ``injected-parameters`` cell after the ``parameters`` cell). Before executing, any
+``injected-parameters`` cell left in the source is removed, so class size really uses the lesson
+sizes. Volatile metadata (timings, absolute paths, saved widget state) is removed from the
+result, so that re-executing leaves a small diff.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CI_OUT = HERE.parent / "artifacts" / "notebooks-ci"   # git-ignored
-
-# Small parameters: all eight notebooks together run in a few minutes on 2 CPU cores, and each
-# notebook's Checks cell still holds at these sizes.
-CI = {
-    "00_playground": dict(width=128, steps=30, coord_widths=[64, 128, 256]),
-    "01_why_width_matters": dict(widths=[64, 128, 256, 512], seeds=[0], coord_steps=2, train_widths=[64, 1024]),
-    "02_kfac_mup": dict(widths=[64, 128, 256, 512], seeds=[0], coord_steps=2,
-                        train_width=256, train_steps=20, memory_widths=[64, 128, 256, 512], memory_seeds=[0]),
-    "03_shampoo_mup": dict(widths=[64, 128, 256, 512], seeds=[0]),
-    "04_hyperparameter_transfer": dict(widths={"sgd": [64, 4096], "kfac": [64, 1024]},
-                                       lrs={"sgd": [0.1, 1.0], "kfac": [0.316]}, seeds=[0], executor="serial"),
-    "05_damping": dict(widths=[64, 128, 256, 512], seeds=[0], sweep_widths=[64, 1024], dampings=[1e-2, 1e-1],
-                       executor="serial"),
-    "06_your_model": dict(coord_widths=[64, 128, 256], coord_steps=1, seeds=[0], train_widths=[64, 256],
-                          train_steps=50),
-    "07_second_order_family": dict(width=128, widths=[64, 128, 256], seeds=[0]),
-}
-NOTEBOOKS = sorted(CI)
+NOTEBOOKS = sorted(p.stem for p in HERE.glob("[0-9][0-9]_*.ipynb"))
+SIZE_VARIABLE = "MUPSO_SIZE"   # "ci": the small sizes at the end of each parameters cell
+# What a saved widget shows before its cell runs (widget state is not saved: see clean_metadata).
+WIDGET_PLACEHOLDER = "(a live widget: run the notebook, Run → Run All, to draw it)"
 
 
-def execute(name: str, size: str = "ci", out_dir: Path | None = None, kernel: str = "python3") -> Path:
-    """Run notebook ``name`` with its CI parameters (``size="ci"``) or its own defaults
-    (``size="class"``) and write it to ``out_dir/name.ipynb``. Default ``out_dir``: in place
-    for class size, ``artifacts/notebooks-ci/`` for CI size."""
+def execute(name: str, size: str = "ci", out_dir: Path | None = None, kernel: str = "python3",
+            parameters: dict | None = None) -> Path:
+    """Run notebook ``name`` at its small sizes (``size="ci"``, ``MUPSO_SIZE=ci``) or its lesson
+    sizes (``size="class"``), with optional papermill ``parameters`` on top, and write it to
+    ``out_dir/name.ipynb``. Default ``out_dir``: in place for class size, ``artifacts/notebooks-ci/``
+    for CI size."""
     import nbformat
     import papermill as pm
 
     name = name.removesuffix(".ipynb")
-    if name not in CI:
+    if name not in NOTEBOOKS:
         raise SystemExit(f"unknown notebook {name!r}; expected one of {', '.join(NOTEBOOKS)}")
     if size not in ("ci", "class"):
         raise SystemExit(f"size: expected 'ci' or 'class', got {size!r}")
@@ -67,10 +60,17 @@ def execute(name: str, size: str = "ci", out_dir: Path | None = None, kernel: st
     dst = out_dir / f"{name}.ipynb"
     dst.parent.mkdir(parents=True, exist_ok=True)
     nb = nbformat.read(HERE / f"{name}.ipynb", as_version=4)
-    strip_injected(nb)   # a left-over CI cell would override the class-size defaults
-    params = CI[name] if size == "ci" else {}
-    pm.execute_notebook(nb, str(dst), parameters=params, kernel_name=kernel, cwd=str(HERE),
-                        progress_bar=False, log_output=False)
+    strip_injected(nb)   # a left-over injected cell would override the lesson sizes
+    before = os.environ.pop(SIZE_VARIABLE, None)   # the kernel inherits this process's environment
+    if size == "ci":
+        os.environ[SIZE_VARIABLE] = "ci"
+    try:
+        pm.execute_notebook(nb, str(dst), parameters=parameters or {}, kernel_name=kernel, cwd=str(HERE),
+                            progress_bar=False, log_output=False)
+    finally:
+        os.environ.pop(SIZE_VARIABLE, None)
+        if before is not None:
+            os.environ[SIZE_VARIABLE] = before
     nb = nbformat.read(dst, as_version=4)
     clean_metadata(nb)
     nbformat.write(nb, dst)
@@ -93,13 +93,16 @@ def clean_metadata(nb) -> None:
         cell.metadata.pop("execution", None)
         if not cell.metadata.get("tags", True):
             cell.metadata.pop("tags")   # papermill adds an empty list to every cell
+        for out in cell.get("outputs", []):   # without its state a widget shows this text, not its repr
+            if "application/vnd.jupyter.widget-view+json" in out.get("data", {}):
+                out["data"]["text/plain"] = WIDGET_PLACEHOLDER
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="notebooks to run (default: all)")
     parser.add_argument("--size", choices=("ci", "class"), default="ci",
-                        help="ci: the small parameters in CI (default); class: the notebook's own defaults")
+                        help="ci: the small sizes, MUPSO_SIZE=ci (default); class: the lesson sizes")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the executed copies (default: in place for class size, "
                              "artifacts/notebooks-ci/ for CI size)")

@@ -200,3 +200,23 @@ def test_save_html_refuses_an_unknown_choice(tmp_path):
     with pytest.raises(ValueError, match="include_plotlyjs: expected one of inline, cdn, directory, got 'web'"):
         plots.save_html(go.Figure(), tmp_path / "x.html", "web")
     assert not (tmp_path / "x.html").exists()
+
+
+def test_table_formats_numbers_for_reading():
+    """plots.table: 3 significant digits, no numpy reprs, NaN as a dash, the index hidden."""
+    import re
+
+    import numpy as np
+    import pandas as pd
+
+    df = pd.DataFrame(dict(width=[64, 1024], lr=[np.float64(0.1), 3.16e-4], loss=[0.0123456, np.nan],
+                           damping=[1e-6, 1.0], status=["ok", "diverged"], mixed=[np.float64(0.316), "x"]))
+    html = ml.plots.table(df).to_html()
+    cells = re.findall(r">([^<>]+)</td>", html)
+    assert cells == ["64", "0.1", "0.0123", "1.00e-06", "ok", "0.316",
+                     "1024", "3.16e-04", "–", "1", "diverged", "x"]
+    assert "np.float64" not in html and "e-06</td>" in html
+    assert re.findall(r'class="row_heading', html) == []   # index hidden
+    assert ml.plots.number_text(None) == "–" and ml.plots.number_text(True) == "True"
+    with pytest.raises(TypeError, match="df: expected a pandas DataFrame"):
+        ml.plots.table([1, 2])
