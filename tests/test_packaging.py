@@ -82,7 +82,8 @@ def test_pyproject_layout():
     assert project["scripts"]["mupso-lite"] == "mupso_lite.cli:main"
     assert {"lab", "notebooks", "ray", "dev"} <= set(extras())
     pytest_cfg = data["tool"]["pytest"]["ini_options"]
-    assert pytest_cfg["testpaths"] == ["tests"] and pytest_cfg["timeout"] == 900
+    assert pytest_cfg["testpaths"] == ["tests", "notebooks"] and pytest_cfg["timeout"] == 900
+    assert pytest_cfg["addopts"] == "--nbval-lax --nbval-current-env"   # the notebooks run through nbval
     assert any(m.startswith("slow:") for m in pytest_cfg["markers"])
     dev = requirement_map(extras()["dev"])
     for extra in ("lab", "notebooks", "ray"):  # dev installs everything the other extras do
@@ -297,7 +298,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_and_docs_give_the_link_make_lab_prints():
-    setup = readme().split("## What is here")[0]
+    setup = readme().split("## One example")[0]
     assert re.search(r"```[^\n]*\nmake lab\n```", setup)
     for text in (setup, (ROOT / "docs" / "notebooks.md").read_text()):
         assert f"http://127.0.0.1:8888{LAB_URL}?token=" in text
@@ -305,8 +306,20 @@ def test_readme_and_docs_give_the_link_make_lab_prints():
     assert '".[lab]"' in setup and '".[dev]"' in setup
 
 
-def test_readme_module_table_lists_every_module_once():
-    table = readme().split("| module | the one idea it holds |")[1].split("\n\n")[0]
+def test_readme_is_a_front_page_whose_links_resolve():
+    """README stays short (the manual is docs/guide.md and the book) and every local link exists."""
+    text = readme()
+    assert len(text.splitlines()) <= 200
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    assert "docs/guide.md" in links and "docs/teaching.md" in links
+    assert not [link for link in links if not link.startswith("http") and not (ROOT / link).exists()]
+    for command in ("make lab", "make test", "make student", "make book"):
+        assert command in text
+
+
+def test_guide_module_table_lists_every_module_once():
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    table = guide.split("| module | the one idea it holds |")[1].split("\n\n")[0]
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     listed = []
     for row in rows:
