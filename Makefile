@@ -7,9 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 LAB_STAMP := $(VENV)/.installed-lab
 DEV_STAMP := $(VENV)/.installed-dev
+BOOK_STAMP := $(VENV)/.installed-book
 NOTEBOOK := notebooks/00_playground.ipynb
 
-.PHONY: venv lab test student
+.PHONY: venv lab test student book check
 
 venv: $(DEV_STAMP)
 
@@ -43,3 +44,25 @@ test: venv
 # its check kept (notebooks/student.py). Hand these out; the notebooks/ copies hold the answers.
 student: $(LAB_STAMP)
 	$(BIN)/python notebooks/student.py
+
+# A laptop's check before a lab, run once with the network off: every notebook at its small size
+# (MUPSO_SIZE=ci, a few minutes in all) into build/check/. A missing package, an error or a failed
+# Checks cell stops it with the cell's traceback. Needs only what `make lab` installs.
+check: $(LAB_STAMP)
+	for nb in notebooks/[0-9][0-9]_*.ipynb; do \
+		MUPSO_SIZE=ci $(BIN)/jupyter nbconvert --to notebook --execute "$$nb" --output-dir build/check \
+			--ExecutePreprocessor.timeout=900 || exit 1; \
+	done
+	@echo "check passed: every notebook ran at its small size"
+
+# The book: a static site at build/book/index.html that opens offline (book/build.py): every
+# notebook with its committed outputs and figures, the docs pages, search. Its tools are the
+# `book` extra, which the dev extra contains: installed here unless the dev install is current.
+$(BOOK_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	[ $(DEV_STAMP) -nt pyproject.toml ] || $(BIN)/python -m pip install torch==2.13.0
+	[ $(DEV_STAMP) -nt pyproject.toml ] || $(BIN)/python -m pip install -e ".[book]"
+	touch $(BOOK_STAMP)
+
+book: $(BOOK_STAMP)
+	$(BIN)/python book/build.py

@@ -154,6 +154,19 @@ def test_make_stamps_test_then_lab_installs_once_lab_then_test_adds_dev(make_in)
     assert installs(make_in("test")) == []
 
 
+def test_make_student_and_make_check_need_only_the_lab_extra(make_in):
+    lines = make_in("student")
+    assert installs(lines)[-1].endswith(".[lab]") and lines[-1] == "python notebooks/student.py"
+    (make_in.dir / "notebooks").mkdir()
+    for name in ("00_a.ipynb", "01_b.ipynb", "execute.py"):
+        (make_in.dir / "notebooks" / name).write_text("")
+    lines = make_in("check")
+    assert lines == [f"jupyter nbconvert --to notebook --execute notebooks/{name} --output-dir build/check "
+                     f"--ExecutePreprocessor.timeout=900" for name in ("00_a.ipynb", "01_b.ipynb")]
+    recipe = (ROOT / "Makefile").read_text().split("\ncheck:")[1].split("\n\n")[0]
+    assert "MUPSO_SIZE=ci $(BIN)/jupyter nbconvert" in recipe and "|| exit 1" in recipe
+
+
 @pytest.mark.parametrize("target, extra, other",
                          [("lab", "lab", "dev"), ("test", "dev", "lab"), ("venv", "dev", "lab")])
 def test_make_dry_run_installs_torch_before_the_package(target, extra, other):
@@ -313,7 +326,7 @@ def test_readme_is_a_front_page_whose_links_resolve():
     links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
     assert "docs/guide.md" in links and "docs/teaching.md" in links
     assert not [link for link in links if not link.startswith("http") and not (ROOT / link).exists()]
-    for command in ("make lab", "make test", "make student", "make book"):
+    for command in ("make lab", "make test", "make student", "make book", "make check"):
         assert command in text
 
 
