@@ -1,14 +1,15 @@
 """Build the book, a static site to read before the lab: `make book` runs this file.
 
 1. Copies the book's own files (book/conf.py, book/*.md, book/_static/) into build/book-src/.
-2. Copies every notebook (notebooks/*.ipynb) there with its committed outputs: each plotly
-   figure becomes an SVG image, the live dashboard a short note, and a box under the title
-   says which file to open with `make lab` and links the committed notebook for download.
+2. Copies every notebook (notebooks/*.ipynb) there with its committed outputs, as the student
+   copy (`make student`: each exercise's answer replaced by a stub; `--answers` keeps them, a
+   teacher's edition): each plotly figure becomes an SVG image, the live dashboard a short note,
+   and a box under the title says which file to open with `make lab` and links the notebook.
 3. Copies the docs pages (docs/*.md); results.md gets each figure of docs/results/*.html as an
    SVG at the end of its section, linked to the interactive HTML, which the site also holds.
 4. Runs Sphinx (MyST-NB, never executing a notebook) into build/book/.
 
-    .venv/bin/python book/build.py [--src DIR] [--out DIR] [--strict]
+    .venv/bin/python book/build.py [--src DIR] [--out DIR] [--strict] [--answers]
 
 The notebooks/ and docs/ folders are only read. The same sources give the same site.
 """
@@ -22,7 +23,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "notebooks"))
 import figures  # noqa: E402 (book/figures.py, next to this file)
+import student  # noqa: E402 (notebooks/student.py: the student copies)
 
 BOOK = Path(__file__).resolve().parent
 ROOT = BOOK.parent
@@ -43,17 +46,27 @@ RESULT_FIGURES = {
 }
 
 
-def lab_box(name: str) -> str:
+def reader_copy(path: Path, answers: bool = False) -> str:
+    """The notebook at ``path`` as the book shows and links it (JSON text): the student copy,
+    answers replaced by stubs and the exercises' outputs cleared, or as committed (``answers``)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    return nbformat.writes(nb if answers else student.student_copy(nb, path.stem)) + "\n"
+
+
+def lab_box(name: str, answers: bool = False) -> str:
     """The Markdown box, under a notebook's title, saying how to run it in the lab."""
+    shown = "as committed" if answers else "with the exercises' answers left for you to write"
     return (f"```{{admonition}} Run this notebook in the lab\n:class: tip\n\n"
-            f"This page shows `notebooks/{name}` as committed, run at class size. To run it "
+            f"This page shows `notebooks/{name}` run at class size, {shown}. To run it "
             f"yourself, start the lab with `make lab` from the repository root and open "
             f"`notebooks/{name}` in its file browser "
             f"(`http://127.0.0.1:8888/lab/tree/notebooks/{name}`), then *Run → Run All Cells*. "
             f"Download the notebook: {{download}}`{name} <../_committed/{name}>`.\n```\n")
 
 
-def with_lab_box(nb: dict, name: str) -> dict:
+def with_lab_box(nb: dict, name: str, answers: bool = False) -> dict:
     """The notebook with the lab box inserted right after its title (its first heading)."""
     for cell in nb["cells"]:
         if cell["cell_type"] != "markdown":
@@ -61,7 +74,7 @@ def with_lab_box(nb: dict, name: str) -> dict:
         lines = "".join(cell["source"]).split("\n")
         for i, line in enumerate(lines):
             if line.startswith("# "):
-                lines[i + 1:i + 1] = ["", lab_box(name)]
+                lines[i + 1:i + 1] = ["", lab_box(name, answers)]
                 cell["source"] = "\n".join(lines)
                 return nb
     raise ValueError(f"{name} has no title (a '# ' heading in a Markdown cell)")
@@ -128,17 +141,19 @@ def with_unlisted_docs(index: str, pages: list) -> str:
     return index + "\n```{toctree}\n:caption: More documentation\n:maxdepth: 1\n\n" + "\n".join(unlisted) + "\n```\n"
 
 
-def prepare(src: Path) -> int:
-    """Write the whole Sphinx project into ``src``; returns the number of figures drawn."""
+def prepare(src: Path, answers: bool = False) -> int:
+    """Write the whole Sphinx project into ``src`` (the notebooks' answers hidden unless
+    ``answers``); returns the number of figures drawn."""
     if src.exists():
         shutil.rmtree(src)
     src.mkdir(parents=True)
     copy_book(src)
     jobs, notebooks = [], []
-    (src / "_committed").mkdir()  # the notebooks as committed, for download
+    (src / "_committed").mkdir()  # the notebooks as the book shows them, for download
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        shutil.copy(path, src / "_committed" / path.name)
-        nb = json.loads(path.read_text())
+        text = reader_copy(path, answers)
+        (src / "_committed" / path.name).write_text(text)
+        nb = json.loads(text)
         outputs = figures.plotly_outputs(nb)
         svgs = [src / "_svg" / f"{path.stem}_{i}.svg" for i in range(len(outputs))]
         jobs += [(out["data"][figures.PLOTLY_MIME], svg) for out, svg in zip(outputs, svgs)]
@@ -164,7 +179,7 @@ def prepare(src: Path) -> int:
     (src / "notebooks").mkdir()
     for name, nb, svgs in notebooks:
         nb = figures.to_static(nb, [svg.read_text() for svg in svgs], DASHBOARD_NOTE)
-        (src / "notebooks" / name).write_text(json.dumps(with_lab_box(nb, name), indent=1, ensure_ascii=False))
+        (src / "notebooks" / name).write_text(json.dumps(with_lab_box(nb, name, answers), indent=1, ensure_ascii=False))
     shutil.rmtree(src / "_svg", ignore_errors=True)
     results = docs / "results.md"
     if results.exists():
@@ -177,9 +192,11 @@ def main(argv=None) -> int:
     parser.add_argument("--src", type=Path, default=ROOT / "build" / "book-src", help="the Sphinx project")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "book", help="the site")
     parser.add_argument("--strict", action="store_true", help="fail on any Sphinx warning")
+    parser.add_argument("--answers", action="store_true",
+                        help="show the exercises' answers (a teacher's edition; default: the student copy)")
     args = parser.parse_args(argv)
     start = time.monotonic()
-    prepare(args.src)
+    prepare(args.src, args.answers)
     # MyST-NB writes the notebooks' images to jupyter_execute/ beside the site first: start clean
     for old in (args.out, args.out.parent / "jupyter_execute"):
         shutil.rmtree(old, ignore_errors=True)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +103,19 @@ def test_lab_box_goes_under_the_title():
     assert "`make lab`" in source and "{download}" in source and source.endswith("Intro.")
     with pytest.raises(ValueError, match="no title"):
         build.with_lab_box({"cells": [{"cell_type": "markdown", "source": "no heading"}]}, "x.ipynb")
+
+
+def test_reader_copy_hides_the_answers_unless_asked(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 21")])
+    answer = nbformat.v4.new_code_cell("# Define y: twice x.\ny = 2 * x", metadata={"tags": ["solution"]})
+    check = nbformat.v4.new_code_cell("assert y == 42", metadata={"tags": ["exercise-check"]})
+    nb.cells += [answer, check]
+    nbformat.write(nb, tmp_path / "01_x.ipynb")
+    hidden = json.loads(build.reader_copy(tmp_path / "01_x.ipynb"))
+    assert "y = 2 * x" not in json.dumps(hidden) and "NotImplementedError" in json.dumps(hidden)
+    assert "y = 2 * x" in build.reader_copy(tmp_path / "01_x.ipynb", answers=True)
+    assert "answers left for you to write" in build.lab_box("01_x.ipynb")
+    assert "as committed" in build.lab_box("01_x.ipynb", answers=True)
 
 
 def test_unlisted_docs_pages_still_get_into_the_book():
@@ -204,7 +218,13 @@ def test_notebook_page_shows_every_figure_and_how_to_open_it(site, browser, note
     assert "make lab" in text and f"notebooks/{notebook.name}" in text
     href = box.locator("a[download]").get_attribute("href")
     assert href.endswith(notebook.name)
-    assert local_file(page, href).read_bytes() == notebook.read_bytes()  # the committed notebook
+    # the student copy (answers replaced by stubs), as `make student` writes it
+    assert local_file(page, href).read_text() == build.reader_copy(notebook)
+    solutions = [c for c in json.loads(notebook.read_text())["cells"] if "solution" in c["metadata"].get("tags", [])]
+    shown = page.inner_text("main")
+    for cell in solutions:   # no answer line is on the page (the task's comment lines are)
+        answer = [line for line in "".join(cell["source"]).splitlines() if line.strip() and not line.startswith("#")]
+        assert not [line for line in answer if len(line) > 12 and line.strip() in shown], notebook.stem
     if notebook.stem == "00_playground":
         assert "The live dashboard draws here when the notebook runs in JupyterLab" in page.inner_text("main")
     page.close()
