@@ -23,6 +23,7 @@ import warnings
 from collections import deque
 from functools import lru_cache
 
+from .progress import NoProgress, SweepProgress, run_cost  # noqa: F401 (run_cost re-exported)
 from .executors import RUNNERS, WorkerDied, check_ray_address, import_ray, sigint_ignored
 from .results import DONE, ResultsFile, check_path, load_results, read_records  # noqa: F401 (re-exported)
 from .checks import check_choice, check_positive
@@ -234,6 +235,11 @@ def sweep(grid, results="results/sweep.jsonl", steps: int | None = None, executo
     seconds is refused before any run. Ctrl-C stops the workers and raises KeyboardInterrupt
     saying how many runs finished; calling ``sweep`` again resumes. A run whose worker process
     died (also when rerun alone) is recorded with status "error", and a RuntimeWarning says so.
+
+    ``progress=True`` shows, from the start, the runs done out of those to run, how many are
+    running, the diverged and failed ones, the elapsed time and an estimate of the time left,
+    redrawn every second (``SweepProgress``): in a notebook one output line updated in place (a
+    saved notebook keeps its last state), in a terminal one line on stderr.
     """
     if steps is not None:
         defaults["steps"] = steps
@@ -251,7 +257,7 @@ def sweep(grid, results="results/sweep.jsonl", steps: int | None = None, executo
     _dry_build(configs)
     store = ResultsFile(check_path(results)).open()
     todo = [c for c in configs if config_key(c) not in store.done]
-    bar = _progress(len(todo), len(configs) - len(todo), progress)
+    bar = _progress(todo, len(configs) - len(todo), progress)
     runner, died = None, []
     try:
         if todo:
@@ -297,9 +303,10 @@ def _run_all(todo, runner, store, bar, died):
                 queue.append(cfg)  # another sweep runs it now; look again later
             elif key in store.refresh():
                 store.release(key)  # another sweep finished it
-                bar.update(1)
+                bar.update(1, cfg=cfg, ran=False)
             else:
                 runner.submit(cfg)
+        bar.running(min(runner.busy, runner.capacity))
         if runner.busy:
             try:
                 rec = runner.next()
@@ -308,9 +315,8 @@ def _run_all(todo, runner, store, bar, died):
                 rec = _died_record(e.config, str(e))
             store.append(rec)
             store.release(rec["key"])
-            bar.update(1)
-            if rec["status"] != "ok":
-                bar.set_postfix_str(f"last: {rec['status']}")
+            bar.running(min(runner.busy, runner.capacity))
+            bar.update(1, status=rec["status"], cfg=rec["config"])
         elif queue:
             time.sleep(0.2)  # all that is left is being run by other sweeps
 
@@ -337,7 +343,5 @@ def _dry_build(configs):
         release_hooks(opt)
 
 
-def _progress(total, skipped, enabled):
-    from tqdm.auto import tqdm
-    desc = f"sweep ({skipped} done before)" if skipped else "sweep"
-    return tqdm(total=total, desc=desc, unit="run", disable=not enabled or not total, smoothing=0.1)
+def _progress(configs, skipped, enabled):
+    return SweepProgress(configs, config_key, skipped).start() if enabled and configs else NoProgress()
