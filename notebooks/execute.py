@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -93,9 +94,13 @@ def clean_metadata(nb) -> None:
         cell.metadata.pop("execution", None)
         if not cell.metadata.get("tags", True):
             cell.metadata.pop("tags")   # papermill adds an empty list to every cell
-        for out in cell.get("outputs", []):   # without its state a widget shows this text, not its repr
-            if "application/vnd.jupyter.widget-view+json" in out.get("data", {}):
-                out["data"]["text/plain"] = WIDGET_PLACEHOLDER
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "application/vnd.jupyter.widget-view+json" in data:   # without its state a widget shows this
+                data["text/plain"] = WIDGET_PLACEHOLDER
+            text = "".join(data.get("text/plain", ""))
+            if re.fullmatch(r"<pandas\.io\.formats\.style\.Styler at 0x[0-9a-f]+>", text):
+                data["text/plain"] = "<a table: ml.plots.table>"   # the address changes on every run
 
 
 def main(argv=None) -> int:

@@ -101,6 +101,8 @@ def test_notebook_structure(name):
     widgets = [o for c in code for o in c.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert all(o.data["text/plain"] == execute_notebooks.WIDGET_PLACEHOLDER for o in widgets), \
         "before Run All a saved widget says how to draw it, not VBox(children=(…"
+    plain = ["".join(o.get("data", {}).get("text/plain", "")) for c in code for o in c.outputs]
+    assert not [t for t in plain if " at 0x" in t], "no memory address in a saved output (it changes every run)"
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "executed in one Run All"
     for cell in code:
         assert not [o for o in cell.outputs if o.output_type == "error"]
