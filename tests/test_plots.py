@@ -44,7 +44,7 @@ def test_coord_check_figure_panels_lines_and_theory():
     assert list(hidden.y) == pytest.approx([1.05, 1.05 * 2 ** 0.5, 2.1])  # mean over the two seeds
     theory = [t for t in fig.data if t.xaxis == "x" and t.name == "theory" and t.meta == "l1"][0]
     assert theory.line.dash == "dot" and theory.y[1] / theory.y[0] == pytest.approx(2.0)  # (256/64)^0.5
-    assert [t.name for t in fig.data if t.showlegend is not False][-1] == "theory (dotted, one per layer)"
+    assert [t.name for t in fig.data if t.showlegend is not False][-1] == "theory (dotted, one per role)"
     assert len(plots.coord_check_figure(coord_frame(), theory=None, output=False).data) == 4
 
 
@@ -85,7 +85,8 @@ def test_lr_transfer_axes_titles_and_log_loss():
     assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.exponentformat == "e"  # decades only, no "100μ"
     assert fig.layout.legend.title.text == "width M" and fig.layout.legend.x >= 1
     assert [t.name for t in fig.data if t.showlegend is not False] == ["width 64", "width 1024",
-                                                                         "best learning rate of each curve"]
+                                                                         "best learning rate of each curve",
+                                                                         "SP: dashed", "μP: solid"]
     assert plots.transfer_figure(sweep_frame(), metric="test_accuracy").layout.yaxis.type != "log"
 
 
@@ -103,7 +104,7 @@ def test_lr_transfer_one_row_of_panels_per_optimizer():
 
 def test_damping_transfer_and_missing_facet_column():
     fig = plots.damping_transfer_figure(sweep_frame().drop(columns="damping_mode"))
-    assert fig.layout.xaxis.title.text == "damping" and len(fig.data) == 5  # 2 lines, 2 stars, the star's entry
+    assert fig.layout.xaxis.title.text == "damping" and len(fig.data) == 7  # 2 lines, 2 stars, 3 legend entries
     assert [a.text for a in fig.layout.annotations] == ["K-FAC"]
 
 
@@ -220,3 +221,126 @@ def test_table_formats_numbers_for_reading():
     assert ml.plots.number_text(None) == "–" and ml.plots.number_text(True) == "True"
     with pytest.raises(TypeError, match="df: expected a pandas DataFrame"):
         ml.plots.table([1, 2])
+
+
+def deep_coord_frame(n_hidden=12):
+    """A coordinate check of a deep model: 2 input layers, ``n_hidden`` hidden ones, 1 output."""
+    layers = [("tok", "input"), ("pos", "input")] + [(f"h{i}", "hidden") for i in range(n_hidden)] + [("out", "output")]
+    return pd.DataFrame([dict(width=w, seed=0, step=1, layer=name, role=role, feature_change=1.0 + 0.01 * k,
+                              output_change=2.0)
+                         for w in (64, 128, 256) for k, (name, role) in enumerate(layers)])
+
+
+def test_coord_check_figure_groups_many_layers_by_role():
+    """17 lines: one colour per role, a legend of a handful of entries, the hidden layers thin."""
+    fig = plots.coord_check_figure(deep_coord_frame(), theory={"input": 0.0, "hidden": 0.0, "output": 0.0, "f": 0.0})
+    lines = [t for t in fig.data if t.name != "theory" and t.x[0] is not None]
+    assert len(lines) == 16   # 15 layers and f(x)
+    colors = {}
+    for t in lines:
+        colors.setdefault(t.legendgroup, set()).add(t.line.color)
+    assert colors == {"input": {plots.ROLE_COLORS["input"]}, "hidden": {plots.ROLE_COLORS["hidden"]},
+                      "out": {plots.ROLE_COLORS["output"]}, "f": {plots.ROLE_COLORS["f"]}}
+    assert len(set.union(*colors.values())) == 4   # no colour shared between roles
+    legend = [t.name for t in fig.data if t.showlegend is not False]
+    assert legend == ["input: 2 layers", "hidden: 12 layers", "out (output)", "f(x) (network output)",
+                      "theory M^+0 (dotted)"]
+    hidden = [t for t in lines if t.legendgroup == "hidden"]
+    out = [t for t in lines if t.legendgroup == "out"][0]
+    assert all(t.line.width < out.line.width and t.opacity < 1 for t in hidden)   # drawn thinner, lighter
+    assert {t.hovertemplate.split("<br>")[0] for t in hidden} == {f"h{i} (hidden)" for i in range(12)}
+    theory = [t for t in fig.data if t.name == "theory"]
+    assert sorted(t.meta for t in theory) == ["f", "hidden", "input", "out"]   # one per role, not per layer
+
+
+def test_coord_check_figure_small_model_one_entry_per_layer_coloured_by_role():
+    fig = plots.coord_check_figure(coord_frame(), theory=None)
+    lines = [t for t in fig.data if t.xaxis == "x"]
+    assert [t.line.color for t in lines] == [plots.ROLE_COLORS[r] for r in ("input", "hidden", "f")]
+    assert len({t.line.width for t in lines}) == 1 and lines[-1].line.dash == "dash"   # f(x) dashed
+
+
+def test_param_line_styles_mup_solid_sp_dashed_in_every_figure():
+    assert plots.PARAM_DASH == {"mup": "solid", "sp": "dash"}
+    fig = plots.accuracy_vs_width_figure(sweep_frame())
+    assert {t.name: t.line.dash for t in fig.data} == {"SP": "dash", "μP": "solid"}
+    fig = plots.lr_transfer_figure(sweep_frame())   # SP in the first panel, μP in the second
+    curves = [t for t in fig.data if t.mode == "lines+markers" and t.x[0] is not None]
+    assert {t.line.dash for t in curves if t.xaxis == "x"} == {"dash"}
+    assert {t.line.dash for t in curves if t.xaxis == "x2"} == {"solid"}
+    legend = {t.name: t.line.dash for t in fig.data if t.showlegend is not False and t.mode == "lines"}
+    assert legend == {"SP: dashed": "dash", "μP: solid": "solid"}
+    fig = plots.damping_transfer_figure(sweep_frame()[lambda d: d.param == "sp"])
+    assert {t.line.dash for t in fig.data if t.mode == "lines+markers" and t.x[0] is not None} == {"dash"}
+
+
+def diverged_sweep():
+    """sweep_frame with SP at width 1024 diverged at lr 1 (both seeds) and at lr 0.1 (one seed)."""
+    df = sweep_frame()
+    sp1024 = (df.param == "sp") & (df.width == 1024)
+    df["status"] = "ok"
+    lost = sp1024 & ((df.lr == 1.0) | ((df.lr == 0.1) & (df.seed == 1)))
+    df.loc[lost, "status"] = "diverged"
+    df.loc[lost, "train_loss"] = np.nan
+    return df
+
+
+def test_transfer_figure_marks_diverged_runs_at_the_top_edge():
+    fig = plots.lr_transfer_figure(diverged_sweep())
+    marks = [t for t in fig.data if t.marker.symbol == "x" and t.x[0] is not None]
+    assert len(marks) == 1 and marks[0].xaxis == "x" and list(marks[0].x) == [0.1, 1.0]
+    assert all("diverged" in h for h in marks[0].hovertext) and "2 of 2 runs" in marks[0].hovertext[1]
+    assert marks[0].marker.color == plots.COLORS[1]   # the colour of width 1024
+    loss_max = max(max(y for y in t.y if y is not None) for t in fig.data
+                   if t.mode == "lines+markers" and t.x[0] is not None)
+    assert min(marks[0].y) > loss_max   # above every loss: the top of the panel
+    rng = fig.layout.yaxis.range   # None: decade ticks, autorange (which includes the marks)
+    assert rng is None or np.log10(marks[0].y[0]) <= rng[1]   # and inside the axis
+    legend = [t.name for t in fig.data if t.showlegend is not False]
+    assert sum("diverged" in n for n in legend) == 1
+    sp1024 = [t for t in fig.data if t.xaxis == "x" and t.name == "width 1024" and t.mode == "lines+markers"][0]
+    assert list(sp1024.x) == [0.001, 0.01, 0.1]   # the mean leaves the diverged runs out
+    assert not [t for t in plots.lr_transfer_figure(sweep_frame()).data if t.marker.symbol == "x"]
+
+
+def test_transfer_figure_an_infinite_loss_counts_as_diverged():
+    df = sweep_frame()
+    df.loc[(df.width == 64) & (df.lr == 1.0), "train_loss"] = np.inf
+    fig = plots.lr_transfer_figure(df)
+    marks = [t for t in fig.data if t.marker.symbol == "x" and t.x[0] is not None]
+    assert sorted(t.xaxis for t in marks) == ["x", "x2"] and all(list(t.x) == [1.0] for t in marks)
+    assert all(np.isfinite(y) for t in fig.data if t.y is not None for y in t.y if y is not None)
+
+
+def test_accuracy_vs_width_marks_a_diverged_width_at_the_bottom():
+    rows = [dict(width=w, param=p, status="diverged" if (p == "sp" and w == 1024) else "ok",
+                 test_accuracy=np.nan if (p == "sp" and w == 1024) else 0.97 - 0.01 * (p == "sp"))
+            for w in (64, 256, 1024) for p in ("sp", "mup")]
+    fig = plots.accuracy_vs_width_figure(pd.DataFrame(rows), facet=None)
+    sp = [t for t in fig.data if t.name == "SP"][0]
+    assert list(sp.x) == [64, 256]
+    marks = [t for t in fig.data if t.marker.symbol == "x" and t.x[0] is not None]
+    assert len(marks) == 1 and list(marks[0].x) == [1024] and marks[0].y[0] < 0.96
+    assert marks[0].marker.color == sp.line.color and "diverged" in marks[0].hovertext[0]
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["SP", "μP",
+                                                                         "diverged: no value (× at the bottom edge)"]
+
+
+@pytest.mark.parametrize("values, at_values", [([64], True), ([0.0048, 0.0073], False), ([5.0, 5.0], False),
+                                               ([0.31, 0.49], False), ([2e-5, 9e-5], False)])
+def test_log_axis_at_least_two_labels_inside_the_range(values, at_values):
+    ax = plots.log_axis(values, at_values=at_values)
+    lo, hi = ax["range"]
+    assert sum(lo <= np.log10(t) <= hi for t in ax["tickvals"]) >= 2, ax
+
+
+def test_log_axis_short_range_ticks_inside_the_data():
+    """Less than a decade with one 1-2-5 step inside: 1, 2, ..., 9 steps, not a stretched axis."""
+    assert plots.log_axis([0.0048, 0.0073])["ticktext"] == ["5e-3", "6e-3", "7e-3"]
+    assert plots.log_axis([64], at_values=True)["ticktext"] == ["50", "100"]
+
+
+def test_transfer_figure_short_loss_range_has_two_y_labels():
+    df = sweep_frame().assign(train_loss=lambda d: 0.005 + 0.002 * np.abs(np.log10(d.lr / 0.1)) / 2)
+    ax = plots.lr_transfer_figure(df).layout.yaxis
+    assert ax.type == "log" and len([t for t in ax.tickvals if ax.range[0] <= np.log10(t) <= ax.range[1]]) >= 2
