@@ -27,6 +27,9 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from .axes import edge_axis, log_axis, mark_edge, tick_text  # noqa: F401 (tick_text: plots.tick_text)
+from .tables import number_text, table  # noqa: F401 (ml.plots.table)
+
 COLORS = qualitative.Plotly
 DASHES = ("solid", "dash", "dot", "dashdot")
 PARAM_DASH = {"mup": "solid", "sp": "dash"}   # the line style of a parametrization, in every figure
@@ -76,51 +79,6 @@ def _check_frame(df, columns, name="df"):
                          f"(have {', '.join(map(str, df.columns))})")
     if df.empty:
         raise ValueError(f"{name}: expected at least one row, got an empty DataFrame")
-
-
-def tick_text(v: float) -> str:
-    """A tick label: whole numbers below 1e5 and 0.01 ... 100 plain, others as 1e-4, 2e+5."""
-    p = math.floor(math.log10(v) + 1e-9)
-    if float(v).is_integer() and v < 1e5:
-        return str(int(v))
-    if abs(p) <= 2:
-        return f"{v:.3g}"
-    return f"{v / 10.0 ** p:.3g}e{p:+d}"
-
-
-def log_axis(values, at_values: bool = False) -> dict:
-    """Properties of a readable log axis for ``values``: ticks at each decade (1e-4, 0.01, 1)
-    when two decades or more fall inside the values, else at 1-2-5 steps (1, 2, ..., 9 steps on
-    a range too short for two of those); at least two tick labels, always. ``at_values`` puts
-    the ticks at the values themselves (widths), if there are 2 to 12 of them."""
-    v = np.asarray([x for x in np.ravel(values) if x is not None], float)
-    v = v[np.isfinite(v) & (v > 0)]
-    props = dict(type="log", exponentformat="e", showexponent="all")
-    if v.size == 0:
-        return props
-    if at_values and 2 <= len(np.unique(v)) <= 12:
-        ticks = sorted(np.unique(v))
-    else:
-        lo, hi = math.log10(v.min()) - 1e-9, math.log10(v.max()) + 1e-9
-        if math.floor(hi) - math.ceil(lo) >= 1:
-            return {**props, "dtick": 1, "tickmode": "linear"}
-        decades = range(math.floor(lo) - 1, math.ceil(hi) + 2)
-        steps = [m * 10.0 ** k for k in decades for m in (1, 2, 5)]
-
-        def inside(grid):
-            return [t for t in grid if v.min() * (1 - 1e-9) <= t <= v.max() * (1 + 1e-9)]
-
-        ticks = inside(steps)
-        if len(ticks) < 2:   # a short range: 1, 2, ..., 9 steps if two of them fall inside it
-            fine = inside([m * 10.0 ** k for k in decades for m in range(1, 10)])
-            ticks = fine if len(fine) >= 2 else ticks
-        if len(ticks) < 2:   # else the 1-2-5 steps on either side: always two labels or more
-            ticks = [max(t for t in steps if t < v.min()), *ticks, min(t for t in steps if t > v.max())]
-    span = math.log10(max(ticks[-1], v.max())) - math.log10(min(ticks[0], v.min()))
-    pad = 0.05 * span if span > 0 else 0.1
-    rng = [math.log10(min(ticks[0], v.min())) - pad, math.log10(max(ticks[-1], v.max())) + pad]
-    return {**props, "tickmode": "array", "tickvals": [float(t) for t in ticks],
-            "ticktext": [tick_text(t) for t in ticks], "range": rng}
 
 
 def _legend(title: str) -> dict:
@@ -237,37 +195,6 @@ def _diverged_at(rows, x, metric):
     return {k: (int(r["sum"]), int(r["count"])) for k, r in d.iterrows() if r["sum"] > 0}
 
 
-def _edge(values, top: bool, log: bool) -> float:
-    """Where a diverged run's × goes: just beyond ``values`` (above them if ``top``)."""
-    v = np.asarray([x for x in np.ravel(values) if x is not None], float)
-    v = v[np.isfinite(v) & ((v > 0) if log else True)]
-    if v.size == 0:
-        return 1.0
-    if log:
-        lo, hi = math.log10(v.min()), math.log10(v.max())
-        pad = max(0.1 * (hi - lo), 0.05)
-        return 10.0 ** (hi + pad if top else lo - pad)
-    lo, hi = float(v.min()), float(v.max())
-    pad = max(0.1 * (hi - lo), 0.02 * max(abs(lo), abs(hi)), 1e-3)
-    return hi + pad if top else lo - pad
-
-
-def _edge_axis(values, edge, top: bool, log: bool) -> dict:
-    """y-axis properties that end just beyond ``edge`` (the top if ``top``), so that the ×s of
-    diverged runs sit at the panel's edge, inside it and apart from every value."""
-    v = np.asarray([x for x in np.ravel(values) if x is not None] + [edge], float)
-    v = v[np.isfinite(v) & ((v > 0) if log else True)]
-    props = log_axis(v) if log else {}
-    f = np.log10 if log else (lambda a: a)
-    lo, hi = float(f(v.min())), float(f(v.max()))
-    span = hi - lo if hi > lo else 1.0
-    rng = list(props.get("range") or [lo - 0.05 * span, hi + 0.05 * span])
-    rng[1 if top else 0] = float(f(edge)) + (0.04 if top else -0.04) * span
-    if "tickvals" in props and sum(rng[0] <= math.log10(t) <= rng[1] for t in props["tickvals"]) < 2:
-        return props   # this range would leave one tick label: keep log_axis's
-    return {**props, "range": rng}
-
-
 def _diverged_marks(fig, marks, edge, top: bool):
     """Draw each (row, col, xs, color, hover) of ``marks`` as ×s at height ``edge``, and one
     legend entry "diverged"."""
@@ -355,14 +282,14 @@ def transfer_figure(df, x: str = "lr", metric: str = "train_loss", by: str = "wi
                   1, 1)
     log = ("loss" in metric) if log_y is None else log_y
     top = "loss" in metric
-    edge = _edge(np.concatenate(means) if means else [], top, log)
-    _diverged_marks(fig, marks, edge, top)
+    at = mark_edge(np.concatenate(means) if means else [], top, log)
+    _diverged_marks(fig, marks, at, top)
     if by != "param" and "param" in df.columns and len(dashes) > 1:
         _style_legend(fig, df["param"].dropna().unique())
     fig.update_xaxes(**log_axis(df[x]))
     fig.update_xaxes(title_text=label(x), row=len(rows))
     if marks:
-        fig.update_yaxes(**_edge_axis(np.concatenate(means) if means else [], edge, top, log))
+        fig.update_yaxes(**edge_axis(np.concatenate(means) if means else [], at, top, log))
     elif log:
         fig.update_yaxes(**log_axis(np.concatenate(means) if means else []))
     fig.update_yaxes(title_text=label(metric), col=1)
@@ -436,42 +363,16 @@ def accuracy_vs_width_figure(df, metric: str = "test_accuracy", by: str = "param
                                      legendgroup=str(gv), showlegend=col == 1, error_y=err,
                                      line=dict(color=color, dash=dash)), 1, col)
     top = "loss" in metric
-    edge = _edge(np.concatenate(values) if values else [], top, False)
-    _diverged_marks(fig, marks, edge, top)
+    at = mark_edge(np.concatenate(values) if values else [], top, False)
+    _diverged_marks(fig, marks, at, top)
     if marks:
-        fig.update_yaxes(**_edge_axis(np.concatenate(values) if values else [], edge, top, False))
+        fig.update_yaxes(**edge_axis(np.concatenate(values) if values else [], at, top, False))
     fig.update_xaxes(**log_axis(df["width"], at_values=True), title_text="width M")
     fig.update_yaxes(title_text=label(metric), col=1)
     default = f"{label(metric).capitalize()} vs width (mean ± {spread} over seeds)"
     fig.update_layout(title=title or (default if facet == "optimizer" else _titled(default, df)),
                       template="plotly_white", legend=_legend(label(by)))
     return fig
-
-
-def number_text(v, digits: int = 3) -> str:
-    """A number as a table shows it: ``digits`` significant digits (0.1, 0.000316 as 3.16e-04,
-    1024), integers whole, NaN and None as "–"; anything else as ``str``."""
-    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
-        return "–"
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)):
-        return str(v)
-    if isinstance(v, (int, np.integer)) or (float(v).is_integer() and abs(v) < 1e6):
-        return str(int(v))
-    if v != 0 and not 1e-3 <= abs(v) < 1e6:
-        return f"{v:.{digits - 1}e}"
-    return f"{float(v):.{digits}g}"
-
-
-def table(df, digits: int = 3, index: bool = False):
-    """``df`` as a readable notebook table (a pandas ``Styler``): every number through
-    ``number_text`` (no ``np.float64(0.1)`` or ``1.000000e-06``), the index hidden unless ``index``."""
-    import pandas as pd
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"df: expected a pandas DataFrame, got {type(df).__name__}")
-    styled = df.style.format(lambda v: number_text(v, digits))
-    if index:
-        return styled.format_index(lambda v: number_text(v, digits))
-    return styled.hide(axis="index")
 
 
 def save_html(fig: go.Figure, path, include_plotlyjs="inline", *, plotlyjs=None) -> str:
