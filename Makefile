@@ -33,9 +33,14 @@ $(DEV_STAMP): pyproject.toml
 # repository (notebooks/ and docs/ with the results and figures) and opens the dashboard
 # notebook: the link it prints is http://127.0.0.1:8888/lab/tree/$(NOTEBOOK)?token=...
 # (--allow-root only when run as root, e.g. in a container: JupyterLab refuses root otherwise.)
+# lab-settings/overrides.json5 holds the lab's JupyterLab settings: closing a notebook's tab
+# shuts its kernel down. A kernel no browser tab is connected to (e.g. after the browser was
+# closed) and that has run nothing for 30 minutes is shut down too (checked every 5 minutes).
 lab: $(LAB_STAMP)
 	$(BIN)/jupyter lab --ip=127.0.0.1 $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) \
-		--ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(NOTEBOOK)
+		--ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(NOTEBOOK) \
+		--LabApp.app_settings_dir=$(CURDIR)/lab-settings \
+		--MappingKernelManager.cull_idle_timeout=1800 --MappingKernelManager.cull_interval=300
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -17,7 +17,8 @@ batch's curvature at every step, as in the theory, or an average over past batch
 
 Training runs in a background thread (``live.Job``), so the notebook stays usable; the
 status line says "running …" the moment a run is asked for, and the figures are refreshed at
-most ~7 times a second. Nothing here does training math: models,
+most ~7 times a second, and no faster than the browser draws them (``live.LiveFigure``).
+Nothing here does training math: models,
 optimizers and the training loop all come from ``mupso_lite`` itself. Everything the buttons
 do is a method too (``run``, ``compare``, ``width_view``, ``stop``, ``join``), so a script or a
 test can drive the dashboard without a browser and read ``records``, ``status``, ``verdict()``
@@ -94,6 +95,7 @@ class Dashboard(Runs):
         self._quiet = False
         self._settle = Settle(RESTART_DELAY)  # coalesces the restarts of a burst of control changes
         self._closed = False
+        self._blocking = 0  # threads in join(): while the kernel's own thread waits, it hears no browser
         self._status = ""
         self.last_settings: Settings | None = None  # the settings the latest run started with
         self.records: list[dict] = []        # per-step records of the last run (compare: both params)
@@ -168,9 +170,10 @@ class Dashboard(Runs):
         self.width_figure = figure_widget("width view: feature change after a few steps", "width M", FEATURE_TITLE,
                                           width=700, xaxis=dict(LOG_AXIS, **width_axis(self.width_view_widths())),
                                           yaxis=dict(LOG_AXIS, range=[-3, 0.5]))
-        self.live = {"loss": LiveFigure(self.loss_figure, self._interval),
-                     "feature": LiveFigure(self.feature_figure, self._interval),
-                     "width": LiveFigure(self.width_figure, self._interval)}
+        def hears_acks():   # the browser's acknowledgements reach the kernel, unless join() blocks it
+            return self._blocking == 0
+        self.live = {name: LiveFigure(getattr(self, f"{name}_figure"), self._interval, hears_acks=hears_acks)
+                     for name in ("loss", "feature", "width")}
 
     @property
     def widget(self) -> W.Widget:
@@ -223,6 +226,7 @@ class Dashboard(Runs):
         self._shown, self._earlier = None, []
         for live in self.live.values():  # drop the traces' data even if something still holds a figure
             live.reset([])
+            live.detach()
         roots = [getattr(self, "_widget", None), *self.controls.values(), *self.buttons.values(),
                  self.status_widget, self.loss_figure, self.feature_figure, self.width_figure]
         for widget in widget_tree(w for w in roots if w is not None):
@@ -240,8 +244,18 @@ class Dashboard(Runs):
         self.close()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the current run; True if it has finished."""
-        return True if self._job is None else self._job.join(timeout)
+        """Wait for the current run; True if it has finished.
+
+        In a notebook this blocks the kernel: until it returns, the kernel hears nothing from the
+        browser, so meanwhile the figures are pushed every ``update_interval`` seconds without
+        waiting for the browser's acknowledgements (``live.LiveFigure``)."""
+        if self._job is None:
+            return True
+        self._blocking += 1
+        try:
+            return self._job.join(timeout)
+        finally:
+            self._blocking -= 1
 
     @property
     def running(self) -> bool:

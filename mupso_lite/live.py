@@ -8,8 +8,13 @@ frames would hold the run's model and optimizer); ``job.traceback`` keeps the te
 
 ``LiveFigure`` keeps the numbers of each trace in plain Python lists and pushes them to a
 plotly ``FigureWidget`` at most every ``interval`` seconds (one batched message per push),
-so a fast run cannot flood the browser. ``figure_widget`` and ``LOG_AXIS`` give every figure
-the same readable layout (legend below the axes, decade-only log ticks, human axis titles);
+and, once a browser draws the figure, only after the browser has drawn the previous push
+(plotly's views acknowledge every trace edit): a slow or vanished browser gets one push every
+``ack_timeout`` seconds instead of a flood that piles up in the Jupyter server (and, when the
+page goes away, is logged message by message in the server's terminal). The figures are
+``plotly_widget.FigureWidget``, set up in the browser at once so a busy laptop does not leave
+them blank. ``figure_widget`` and ``LOG_AXIS`` give every figure the same readable layout
+(legend below the axes, decade-only log ticks, human axis titles);
 ``widget_tree`` and ``drop_file_watch`` help ``Dashboard.close`` free every widget.
 """
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Callable
 
 import ipywidgets as W
 import traitlets
-import plotly.graph_objects as go
+
+from .plotly_widget import FigureWidget, edit_id
 
 
 JOB_THREAD = "mupso-dashboard-"  # the name of every job's thread starts so
@@ -122,18 +128,7 @@ class Settle:
                 return False
 
 
-class Throttle:
-    """``ready()`` is True at most once every ``interval`` seconds (and always when forced)."""
-
-    def __init__(self, interval: float = 0.15):
-        self.interval, self.last = interval, float("-inf")
-
-    def ready(self, force: bool = False) -> bool:
-        now = time.monotonic()
-        if force or now - self.last >= self.interval:
-            self.last = now
-            return True
-        return False
+ACK_TIMEOUT = 5.0   # seconds a push waits for the browser's acknowledgement of the previous one
 
 
 class LiveFigure:
@@ -145,16 +140,43 @@ class LiveFigure:
     ``mark(x, text)`` draws a labelled vertical line (a layout shape and annotation, so the
     browser shows it too), its label inside the plot; ``set_x_range(lo, hi)`` zooms the x axis.
     Non-finite values are stored as None: a gap in the line.
+
+    Pacing: a push waits ``interval`` seconds after the previous one and, while a browser view
+    draws this figure (it has acknowledged an edit) and has not acknowledged the previous push
+    yet, ``ack_timeout`` seconds. ``hears_acks()`` is False while the kernel cannot receive the
+    acknowledgements (``Dashboard.join`` blocks it): then only ``interval`` counts.
     """
 
-    def __init__(self, figure, interval: float = 0.15):
-        self.figure = figure
-        self.throttle = Throttle(interval)
+    def __init__(self, figure, interval: float = 0.15, ack_timeout: float = ACK_TIMEOUT,
+                 hears_acks: Callable[[], bool] = lambda: True):
+        self.interval, self.ack_timeout, self.hears_acks = interval, ack_timeout, hears_acks
         self.xs: list[list] = []
         self.ys: list[list] = []
         self.dirty: set[int] = set()
         self.pushes = 0  # how many batched updates reached the figure (for tests and timing)
+        self.last_push = float("-inf")
+        self.figure = figure
+        self.acked = -1   # the newest edit a browser view has acknowledged (-1: none yet)
+        figure.observe(self._on_ack, names="_js2py_traceDeltas")
 
+    # ------------------------------------------------------------------ the browser's acknowledgements
+    def detach(self) -> None:
+        """Stop listening to the figure's views (``Dashboard.close``)."""
+        try:
+            self.figure.unobserve(self._on_ack, names="_js2py_traceDeltas")
+        except ValueError:
+            pass
+
+    def _on_ack(self, change) -> None:
+        message = change["new"]   # {"trace_edit_id": n, "trace_deltas": [...]}; plotly resets it to None
+        if isinstance(message, dict) and isinstance(message.get("trace_edit_id"), int):
+            self.acked = max(self.acked, message["trace_edit_id"])
+
+    def behind(self) -> bool:
+        """True while a browser draws this figure and has yet to draw the last push."""
+        return self.hears_acks() and 0 <= self.acked < edit_id(self.figure)
+
+    # ------------------------------------------------------------------ the data
     def reset(self, traces: list, layout: dict | None = None) -> None:
         self.xs = [list(t.x or []) for t in traces]
         self.ys = [list(t.y or []) for t in traces]
@@ -204,8 +226,11 @@ class LiveFigure:
         return dict(xanchor="left", xshift=4) if (x - lo) / (hi - lo) < 0.5 else dict(xanchor="right", xshift=-4)
 
     def flush(self, force: bool = False) -> bool:
-        """Push the changed traces if the throttle allows (or ``force``); True if pushed."""
-        if not self.dirty or not self.throttle.ready(force):
+        """Push the changed traces if the pacing allows (or ``force``); True if pushed."""
+        if not self.dirty:
+            return False
+        now = time.monotonic()
+        if not force and now - self.last_push < (self.ack_timeout if self.behind() else self.interval):
             return False
         with self.figure.batch_update():
             for i in sorted(self.dirty):
@@ -213,6 +238,7 @@ class LiveFigure:
                 self.figure.data[i].y = self.ys[i]
         self.dirty.clear()
         self.pushes += 1
+        self.last_push = now
         return True
 
 
@@ -227,14 +253,14 @@ LOG_AXIS = dict(type="log", dtick=1, exponentformat="power",
 
 
 def figure_widget(title: str, x_title: str, y_title: str, width: int = 520, height: int = 400,
-                  **layout) -> go.FigureWidget:
-    """An empty ``go.FigureWidget`` with the dashboard's layout: axis titles in words and the
+                  **layout) -> FigureWidget:
+    """An empty ``FigureWidget`` with the dashboard's layout: axis titles in words and the
     legend in a row below the plot (never over the data, the right-hand axis or its title)."""
     base = dict(title=dict(text=title, font_size=14), height=height, width=width,
                 xaxis=dict(title=dict(text=x_title)), yaxis=dict(title=dict(text=y_title)),
                 margin=dict(l=70, r=60, t=50, b=40), plot_bgcolor="white",
                 legend=dict(orientation="h", x=0, xanchor="left", y=-0.22, yanchor="top", font_size=10))
-    fig = go.FigureWidget(layout=base)
+    fig = FigureWidget(layout=base)
     fig.update_layout(**layout)
     fig.update_xaxes(showline=True, linecolor="#888", gridcolor="#eee", zeroline=False)
     fig.update_yaxes(showline=True, linecolor="#888", gridcolor="#eee", zeroline=False)
