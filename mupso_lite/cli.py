@@ -365,10 +365,11 @@ def _report(args) -> int:
     summary.to_csv(out / "summary.csv", index=False)
     written = [out / "summary.csv"]
     ok = df[df["status"] == "ok"]
-    if ok["lr"].nunique() > 1:
-        written.append(plots.save_html(plots.lr_transfer_figure(ok), out / "lr_transfer.html", args.plotlyjs))
-    if "damping" in ok and ok["damping"].nunique() > 1:
-        written.append(plots.save_html(plots.damping_transfer_figure(ok), out / "damping_transfer.html",
+    drawn = df[df["status"].isin(["ok", "diverged"])]   # a diverged run is an × at the panel's edge
+    if drawn["lr"].nunique() > 1:
+        written.append(plots.save_html(plots.lr_transfer_figure(drawn), out / "lr_transfer.html", args.plotlyjs))
+    if "damping" in drawn and drawn["damping"].nunique() > 1:
+        written.append(plots.save_html(plots.damping_transfer_figure(drawn), out / "damping_transfer.html",
                                        args.plotlyjs))
     if ok["width"].nunique() > 1 and "test_accuracy" in ok:
         best = ok.loc[ok.groupby(["optimizer", "param", "width", "seed"])["train_loss"].idxmin().dropna()]

@@ -195,8 +195,8 @@ def damping(args):
             + md(full, "{:.4f}")
             + f"\n\nAt rho = {rho0:g} (the base width's optimum): mean over seeds of the train loss, test accuracy "
             f"and each layer's rms feature change after step {args.steps} (probe batch):\n\n" + md(at, "{:.4f}"))
-    ok = df[df.status == "ok"]
-    write(args, "cnn_damping", text, damping_transfer_figure(ok) if len(ok) else None,
+    drawn = df[df.status.isin(["ok", "diverged"])]   # a diverged run: an × at the panel's edge
+    write(args, "cnn_damping", text, damping_transfer_figure(drawn) if (drawn.status == "ok").any() else None,
           df.drop(columns=["curve", "feature_change"]))
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 import mupso_lite as ml
-from mupso_lite.plots import accuracy_vs_width_figure, lr_transfer_figure, save_html
+from mupso_lite.plots import accuracy_vs_width_figure, lr_transfer_figure, param_dash, save_html
 from reproduce import BASE, md, write
 
 DATASETS = ("digits", "mnist1d")
@@ -234,7 +234,7 @@ def run(args):
                      "\n\n" + md(best_lr_table(df, best, p, ds)))
         parts.append(f"**{ds}: test accuracy (mean ± std over seeds) at the lr tuned at width {BASE} "
                      "(muTransfer), and at each width's own best lr**\n\n" + md(table2(df, best, base, p, ds)))
-        fig = lr_transfer_figure(df[(df.dataset == ds) & (df.seed == p["seeds"][0]) & (df.status == "ok")],
+        fig = lr_transfer_figure(df[(df.dataset == ds) & (df.seed == p["seeds"][0])],   # diverged: an ×
                                  title=f"Learning-rate transfer on {ds}, seed {p['seeds'][0]} "
                                        f"(current-batch K-FAC and Shampoo, {p['steps']} steps)")
         save_html(fig, Path(args.out) / f"scale_lr_{ds}.html", "directory")
@@ -243,6 +243,8 @@ def run(args):
     fig = accuracy_vs_width_figure(acc[acc.status == "ok"], by="param", facet="optimizer",
                                    title=f"Test accuracy vs width at the width-{BASE} lr and at each width's best lr "
                                          "(mean ± std over seeds)")
+    fig.for_each_trace(lambda t: t.update(line_dash=param_dash("sp" if t.name.startswith("SP") else "mup"))
+                       if t.mode == "lines+markers" else None)   # SP dashed, μP solid, as in every figure
     write(args, "scale", "\n\n".join(parts), fig, df.drop(columns=["curve", "feature_change"]))
     print(f"== scale: {wall:.0f}s", flush=True)
     return df, best, base

@@ -176,6 +176,9 @@ def test_sweep_and_report_count_diverged_runs_and_give_the_hint(tmp_path, capsys
     assert list(summary.columns[summary.columns.get_loc("ok"):][:2]) == ["ok", "diverged"]
     assert summary.set_index("lr").loc[100.0, "diverged"] == 1 and summary.set_index("lr").loc[0.05, "ok"] == 1
     assert "1 run diverged (lower the learning rate)" in out and "diverged" in out.splitlines()[0]
+    # the figure shows the diverged run as an × with its hover text, not as a missing point
+    figure = (report / "lr_transfer.html").read_text()
+    assert '"name":"diverged"' in figure and "diverged: " in figure
 
 
 def test_ctrl_c_exits_130_with_one_line_and_keeps_the_finished_runs(tmp_path):
