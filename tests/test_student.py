@@ -19,7 +19,7 @@ spec = importlib.util.spec_from_file_location("student", NOTEBOOKS / "student.py
 student = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(student)
 TUTORIALS = ["01_why_width_matters", "02_kfac_mup", "03_shampoo_mup", "04_hyperparameter_transfer",
-             "05_damping", "06_your_model"]   # the notebooks with graded exercises
+             "05_damping", "06_your_model", "07_second_order_family"]   # the notebooks with graded exercises
 
 
 def tags(cell) -> list:
