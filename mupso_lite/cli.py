@@ -365,7 +365,7 @@ def _report(args) -> int:
     summary.to_csv(out / "summary.csv", index=False)
     written = [out / "summary.csv"]
     ok = df[df["status"] == "ok"]
-    drawn = df[df["status"].isin(["ok", "diverged"])]   # a diverged run is an × at the panel's edge
+    drawn = plots.drawn_runs(df)   # a diverged run is an × at the panel's edge
     if drawn["lr"].nunique() > 1:
         written.append(plots.save_html(plots.lr_transfer_figure(drawn), out / "lr_transfer.html", args.plotlyjs))
     if "damping" in drawn and drawn["damping"].nunique() > 1:

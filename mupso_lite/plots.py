@@ -8,6 +8,7 @@ Every function takes a pandas DataFrame and returns a ``plotly.graph_objects.Fig
     accuracy_vs_width_figure(df)            test accuracy vs width, SP and muP, mean +- spread
     save_html(fig, "fig.html")              a standalone file (plotly.js inlined: works offline)
     table(df)                               a DataFrame as a readable table (3 significant digits)
+    drawn_runs(df)                          a sweep's runs that have a number (ok) or an × (diverged)
 
 Axes carry plain names ("learning rate", not ``lr``), panels the optimizer's name (K-FAC,
 Shampoo, Muon, SOAP, ...), log axes readable ticks (decades as 1e-4, 0.01, 1; at least two
@@ -67,6 +68,12 @@ def value_name(column: str, value) -> str:
 def param_dash(value) -> str:
     """The line style of parametrization ``value``: "solid" for μP, "dash" for SP (``PARAM_DASH``)."""
     return PARAM_DASH.get(value, "solid")
+
+
+def drawn_runs(df):
+    """The runs of a sweep that a figure draws: the finished ones, and the diverged ones (an × at
+    the panel's edge); a run that failed with an error has no number to show."""
+    return df[df["status"].isin(["ok", "diverged"])]
 
 
 def _check_frame(df, columns, name="df"):

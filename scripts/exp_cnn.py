@@ -28,7 +28,7 @@ import pandas as pd
 
 import mupso_lite as ml
 from mupso_lite.coord import exponents_of, theory_slopes
-from mupso_lite.plots import coord_check_figure, damping_transfer_figure
+from mupso_lite.plots import coord_check_figure, damping_transfer_figure, drawn_runs
 from reproduce import COORD_LR, LRS, md, run_sweep, widths, write
 
 BASE_CNN = 16                      # CNN base width (channels): SP == muP there
@@ -195,7 +195,7 @@ def damping(args):
             + md(full, "{:.4f}")
             + f"\n\nAt rho = {rho0:g} (the base width's optimum): mean over seeds of the train loss, test accuracy "
             f"and each layer's rms feature change after step {args.steps} (probe batch):\n\n" + md(at, "{:.4f}"))
-    drawn = df[df.status.isin(["ok", "diverged"])]   # a diverged run: an × at the panel's edge
+    drawn = drawn_runs(df)   # a diverged run: an × at the panel's edge
     write(args, "cnn_damping", text, damping_transfer_figure(drawn) if (drawn.status == "ok").any() else None,
           df.drop(columns=["curve", "feature_change"]))
 

@@ -31,7 +31,7 @@ import pandas as pd
 
 import mupso_lite as ml
 from mupso_lite.coord import theory_slopes
-from mupso_lite.plots import (accuracy_vs_width_figure, coord_check_figure, damping_transfer_figure,
+from mupso_lite.plots import (accuracy_vs_width_figure, coord_check_figure, damping_transfer_figure, drawn_runs,
                               lr_transfer_figure, save_html)
 
 BASE = 64
@@ -125,11 +125,6 @@ def run_sweep(args, name, grid, steps):
                     base_width=BASE, dataset="digits")
 
 
-def drawn(df):
-    """The runs a transfer figure shows: the finished ones, a diverged one as an × at the edge."""
-    return df[df.status.isin(["ok", "diverged"])]
-
-
 def best_table(df, x, keys=("optimizer", "param")):
     """Best ``x`` (lowest mean train_loss over seeds) per width and ``keys``; diverged -> inf."""
     df = df.assign(train_loss=df["train_loss"].astype(float).fillna(np.inf))
@@ -148,7 +143,7 @@ def lr(args):
     table.columns = [f"{o} {p}" for o, p in table.columns]
     text = (f"Best lr (train loss on the whole training set after {args.steps} steps) per width:\n\n"
             + md(table.reset_index().astype(str)))
-    write(args, "lr_transfer", text, lr_transfer_figure(drawn(df), facet="param"),
+    write(args, "lr_transfer", text, lr_transfer_figure(drawn_runs(df), facet="param"),
           df.drop(columns=["curve", "feature_change"]))
 
 
@@ -196,7 +191,7 @@ def damping(args):
             + "".join(f"\n- {r.damping_mode} width {r.width} damping {r.damping:g} seed {r.seed}: {r.status}"
                       + (f" ({r.warning})" if isinstance(getattr(r, 'warning', None), str) and r.warning else "")
                       for r in flagged.itertuples()))
-    write(args, "damping_transfer", text, damping_transfer_figure(drawn(df)),
+    write(args, "damping_transfer", text, damping_transfer_figure(drawn_runs(df)),
           df.drop(columns=["curve", "feature_change"]))
 
 

@@ -344,3 +344,9 @@ def test_transfer_figure_short_loss_range_has_two_y_labels():
     df = sweep_frame().assign(train_loss=lambda d: 0.005 + 0.002 * np.abs(np.log10(d.lr / 0.1)) / 2)
     ax = plots.lr_transfer_figure(df).layout.yaxis
     assert ax.type == "log" and len([t for t in ax.tickvals if ax.range[0] <= np.log10(t) <= ax.range[1]]) >= 2
+
+
+def test_drawn_runs_keeps_finished_and_diverged_runs_only():
+    # a run that failed with an error has no number and no × to draw
+    df = pd.DataFrame({"status": ["ok", "diverged", "error", "ok"], "lr": [0.1, 10.0, 1.0, 0.3]})
+    assert list(plots.drawn_runs(df)["lr"]) == [0.1, 10.0, 0.3]
