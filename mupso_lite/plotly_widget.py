@@ -18,6 +18,7 @@ it has drawn one: ``live.LiveFigure`` waits for it before sending more.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import pathlib
 
@@ -105,17 +106,13 @@ export default () => {   // one per figure
   };
 };
 """
-_PLOTLY_CODE: dict = {}
-
-
+@functools.cache
 def plotly_widget_code() -> tuple[str, str]:
     """(plotly's widget code, a short id of it), read once from plotly's package data."""
-    if not _PLOTLY_CODE:
-        import plotly.basewidget
-        path = pathlib.Path(plotly.basewidget.__file__).parent / "package_data" / "widgetbundle.js"
-        code = path.read_text(encoding="utf-8")
-        _PLOTLY_CODE.update(code=code, id=hashlib.sha256(code.encode()).hexdigest()[:16])
-    return _PLOTLY_CODE["code"], _PLOTLY_CODE["id"]
+    import plotly.basewidget
+    path = pathlib.Path(plotly.basewidget.__file__).parent / "package_data" / "widgetbundle.js"
+    code = path.read_text(encoding="utf-8")
+    return code, hashlib.sha256(code.encode()).hexdigest()[:16]
 
 
 class FigureWidget(go.FigureWidget):

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from test_dashboard import wait_for   # the same polling wait as the dashboard's tests
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -277,15 +279,6 @@ def test_playground_in_a_real_browser(lab, tmp_path):
             browser.close()
 
 
-def wait_until(condition, timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.25)
-    return False
-
-
 def stop_kernels(base: str, token: str) -> None:
     """Shut down every notebook's kernel (the previous attempt's, still running its cells)."""
     for session in api(base, token, "/api/sessions"):
@@ -363,13 +356,14 @@ def test_closing_a_notebook_tab_shuts_its_kernel_down(tmp_path):
         try:
             page.goto(f"{base}/lab/tree/01_why_width_matters.ipynb?token={token}")
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            assert wait_until(lambda: len(api(base, token, "/api/kernels")) == 1), api(base, token, "/api/kernels")
+            assert wait_for(lambda: len(api(base, token, "/api/kernels")) == 1, 30, poll=0.25), \
+                api(base, token, "/api/kernels")
             tab = page.locator("#jp-main-dock-panel .lm-TabBar-tab", has_text="01_why_width_matters.ipynb")
             tab.locator(".lm-TabBar-tabCloseIcon").click()
             dismiss_dialogs(page)   # "Save your work?" if the notebook counts as changed
             page.wait_for_selector("#jp-main-dock-panel .lm-TabBar-tab:has-text('01_why_width_matters')",
                                    state="detached", timeout=30_000)
-            assert wait_until(lambda: api(base, token, "/api/kernels") == []), api(base, token, "/api/kernels")
+            assert wait_for(lambda: api(base, token, "/api/kernels") == [], 30, poll=0.25), api(base, token, "/api/kernels")
         finally:
             page.screenshot(path=str(tmp_path / "closed_tab.png"), full_page=False)
             browser.close()

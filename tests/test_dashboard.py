@@ -9,12 +9,13 @@ pytest.importorskip("ipywidgets")
 from mupso_lite.dashboard import Dashboard  # noqa: E402
 
 
-def wait_for(condition, timeout=60.0):
+def wait_for(condition, timeout=60.0, poll=0.01):
+    """True once ``condition()`` is, asked every ``poll`` seconds; False after ``timeout``."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if condition():
             return True
-        time.sleep(0.01)
+        time.sleep(poll)
     return False
 
 
