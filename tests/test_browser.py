@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -114,6 +115,17 @@ def api(base: str, token: str, path: str, method: str = "GET"):
     with urllib.request.urlopen(request, timeout=10) as answer:
         body = answer.read()
     return json.loads(body) if body else None
+
+
+def kernels(base: str, token: str):
+    """(connections, execution state) of each kernel the server runs; None while the server
+    cannot say (jupyter_server answers /api/kernels with a 500 while a kernel is starting)."""
+    try:
+        return [(k["connections"], k["execution_state"]) for k in api(base, token, "/api/kernels")]
+    except urllib.error.HTTPError as error:
+        if error.code >= 500:
+            return None
+        raise
 
 
 FIGURE = """([title, i]) => {
@@ -353,17 +365,22 @@ def test_closing_a_notebook_tab_shuts_its_kernel_down(tmp_path):
         shutil.copy(ROOT / "notebooks" / "01_why_width_matters.ipynb", root)
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        console = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         try:
             page.goto(f"{base}/lab/tree/01_why_width_matters.ipynb?token={token}")
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            assert wait_for(lambda: len(api(base, token, "/api/kernels")) == 1, 30, poll=0.25), \
-                api(base, token, "/api/kernels")
+            # the page is connected to its kernel, and the kernel is idle
+            assert wait_for(lambda: kernels(base, token) == [(1, "idle")], 60, poll=0.25), kernels(base, token)
             tab = page.locator("#jp-main-dock-panel .lm-TabBar-tab", has_text="01_why_width_matters.ipynb")
             tab.locator(".lm-TabBar-tabCloseIcon").click()
             dismiss_dialogs(page)   # "Save your work?" if the notebook counts as changed
             page.wait_for_selector("#jp-main-dock-panel .lm-TabBar-tab:has-text('01_why_width_matters')",
                                    state="detached", timeout=30_000)
-            assert wait_for(lambda: api(base, token, "/api/kernels") == [], 30, poll=0.25), api(base, token, "/api/kernels")
+            shut = wait_for(lambda: kernels(base, token) == [], 60, poll=0.25)
+            assert shut, (kernels(base, token), api(base, token, "/api/sessions"), console[-20:],
+                          [line for line in (tmp_path / "lab.log").read_text().splitlines()
+                           if re.search(r"[Kk]ernel|[Ss]ession|DELETE", line)][-20:])
         finally:
             page.screenshot(path=str(tmp_path / "closed_tab.png"), full_page=False)
             browser.close()
