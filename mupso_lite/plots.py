@@ -32,7 +32,6 @@ from .axes import edge_axis, log_axis, mark_edge, tick_text  # noqa: F401 (tick_
 from .tables import number_text, table  # noqa: F401 (ml.plots.table)
 
 COLORS = qualitative.Plotly
-DASHES = ("solid", "dash", "dot", "dashdot")
 PARAM_DASH = {"mup": "solid", "sp": "dash"}   # the line style of a parametrization, in every figure
 ROLE_COLORS = {"input": COLORS[0], "hidden": COLORS[2], "output": COLORS[1], "f": "#444444"}
 DIVERGED = dict(symbol="x", size=11, line=dict(width=1))   # the mark of a diverged run
@@ -61,6 +60,8 @@ def value_name(column: str, value) -> str:
         return OPTIMIZER_NAMES.get(value, str(value))
     if column == "param":
         return PARAM_NAMES.get(value, str(value))
+    if column == "series":   # a free-form label column: its values are the names
+        return str(value)
     name = "width" if column == "width" else label(column)
     return f"{name} {value:g}" if isinstance(value, (int, float, np.number)) else f"{name} {value}"
 
@@ -333,7 +334,8 @@ def _titled(title, df, x=None):
 
 def accuracy_vs_width_figure(df, metric: str = "test_accuracy", by: str = "param",
                              facet: str | None = "optimizer", spread: str = "std", title: str = "") -> go.Figure:
-    """``metric`` against width (log axis): one line per ``by`` (SP dashed, μP solid), mean over
+    """``metric`` against width (log axis): one line per ``by`` (SP dashed, μP solid, also when
+    ``by`` is another column and a line's rows are of one parametrization), mean over
     seeds with error bars of ``spread`` ("std" or "minmax"); one panel per ``facet`` (optimizer).
     Pass rows of one lr (or the best lr per width) — everything in ``df`` is averaged. A width
     where runs diverged (status "diverged", or an infinite metric) gets an × in the line's colour
@@ -365,7 +367,7 @@ def accuracy_vs_width_figure(df, metric: str = "test_accuracy", by: str = "param
                 err = dict(type="data", symmetric=False, array=(g.max() - g.mean()).reindex(m.index).values,
                            arrayminus=(g.mean() - g.min()).reindex(m.index).values)
                 values += [g.min().values, g.max().values]
-            dash = param_dash(gv) if by == "param" else DASHES[i % len(DASHES)]
+            dash = _curve_dash(rows, by, gv)
             fig.add_trace(go.Scatter(x=m.index, y=m.values, mode="lines+markers", name=value_name(by, gv),
                                      legendgroup=str(gv), showlegend=col == 1, error_y=err,
                                      line=dict(color=color, dash=dash)), 1, col)

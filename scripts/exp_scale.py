@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 import mupso_lite as ml
-from mupso_lite.plots import accuracy_vs_width_figure, lr_transfer_figure, param_dash, save_html
+from mupso_lite.plots import accuracy_vs_width_figure, lr_transfer_figure, save_html
 from reproduce import BASE, md, write
 
 DATASETS = ("digits", "mnist1d")
@@ -214,8 +214,8 @@ def accuracy_frame(df, best, base, p) -> pd.DataFrame:
                 parts.append(df[sel & (df.param == pa) & (df.k == kb)].assign(series=f"{NAMES[pa]} @ width-{BASE} lr"))
                 parts.append(df[sel & (df.param == pa) & (df.k == best[(ds, o, pa, w)])]
                              .assign(series=f"{NAMES[pa]} @ own best lr"))
-    out = pd.concat(parts, ignore_index=True)   # the figure's legend reads "param", its panels "optimizer"
-    return out.assign(param=out.series, optimizer=out.dataset + ", " + out.optimizer.map(NAMES))
+    out = pd.concat(parts, ignore_index=True)   # the figure's legend reads "series", its panels "optimizer"
+    return out.assign(optimizer=out.dataset + ", " + out.optimizer.map(NAMES))
 
 
 # ---------------------------------------------------------------- the experiment
@@ -240,11 +240,9 @@ def run(args):
         save_html(fig, Path(args.out) / f"scale_lr_{ds}.html", "directory")
     parts.append("**Diverged runs / runs, all lrs and seeds**\n\n" + md(diverged_table(df, p)))
     acc = accuracy_frame(df, best, base, p)
-    fig = accuracy_vs_width_figure(acc[acc.status == "ok"], by="param", facet="optimizer",
+    fig = accuracy_vs_width_figure(acc[acc.status == "ok"], by="series", facet="optimizer",   # SP dashed
                                    title=f"Test accuracy vs width at the width-{BASE} lr and at each width's best lr "
                                          "(mean ± std over seeds)")
-    fig.for_each_trace(lambda t: t.update(line_dash=param_dash("sp" if t.name.startswith("SP") else "mup"))
-                       if t.mode == "lines+markers" else None)   # SP dashed, μP solid, as in every figure
     write(args, "scale", "\n\n".join(parts), fig, df.drop(columns=["curve", "feature_change"]))
     print(f"== scale: {wall:.0f}s", flush=True)
     return df, best, base

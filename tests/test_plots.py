@@ -272,6 +272,15 @@ def test_param_line_styles_mup_solid_sp_dashed_in_every_figure():
     assert legend == {"SP: dashed": "dash", "μP: solid": "solid"}
     fig = plots.damping_transfer_figure(sweep_frame()[lambda d: d.param == "sp"])
     assert {t.line.dash for t in fig.data if t.mode == "lines+markers" and t.x[0] is not None} == {"dash"}
+    # lines by another column: a line of one parametrization keeps its style; a free-form
+    # "series" column names the lines by its values
+    df = sweep_frame()
+    fig = plots.accuracy_vs_width_figure(df.assign(series=df.param.map({"sp": "SP @ base lr", "mup": "μP @ base lr"})),
+                                         by="series", facet=None)
+    assert {t.name: t.line.dash for t in fig.data} == {"SP @ base lr": "dash", "μP @ base lr": "solid"}
+    fig = plots.accuracy_vs_width_figure(df.assign(optimizer=np.where(df.seed == 0, "kfac", "shampoo")),
+                                         by="optimizer", facet=None)   # each line mixes SP and μP
+    assert {t.name: t.line.dash for t in fig.data} == {"K-FAC": "solid", "Shampoo": "solid"}
 
 
 def diverged_sweep():
