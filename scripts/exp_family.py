@@ -38,7 +38,7 @@ import torch
 import mupso_lite as ml
 from mupso_lite.coord import exponents_of
 from mupso_lite.plots import coord_check_figure, lr_transfer_figure, save_html
-from reproduce import BASE, md, write
+from reproduce import BASE, lowest_mean, md, write
 
 FLAT = 0.1                      # |slope| below this: "flat" in the tables of this script
 STEPS = (1, 3, 10)
@@ -292,14 +292,9 @@ class LrRuns:
 
 
 def best_k(df, key, width, seeds):
+    """(k, mean loss) of the lowest mean loss over ``seeds`` among lrs that have all of them."""
     o, pa, va = key
-    sub = df[(df.optimizer == o) & (df.param == pa) & (df.variant == va) & (df.width == width) & df.seed.isin(seeds)]
-    g = sub.groupby("k")["loss"]
-    mean = g.mean()[g.count() == len(seeds)].sort_index()
-    if mean.empty:
-        return None, np.inf
-    k = int(mean.idxmin())
-    return k, float(mean[k])
+    return lowest_mean(df[(df.optimizer == o) & (df.param == pa) & (df.variant == va) & (df.width == width)], seeds)
 
 
 def interpolated_optimum(df, key, width, seeds) -> float:

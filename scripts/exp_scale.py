@@ -31,7 +31,7 @@ import pandas as pd
 
 import mupso_lite as ml
 from mupso_lite.plots import accuracy_vs_width_figure, lr_transfer_figure, save_html
-from reproduce import BASE, md, write
+from reproduce import BASE, lowest_mean, md, write
 
 DATASETS = ("digits", "mnist1d")
 OPTIMIZERS = ("kfac", "shampoo")
@@ -89,14 +89,7 @@ def load(args, p) -> pd.DataFrame:
 def best_k(df, key, width, seeds):
     """(k, mean loss) of the lowest mean loss over ``seeds`` among lrs that have all of them."""
     ds, o, pa = key
-    sub = df[(df.dataset == ds) & (df.optimizer == o) & (df.param == pa) & (df.width == width)
-             & df.seed.isin(seeds)]
-    g = sub.groupby("k")["loss"]
-    mean = g.mean()[g.count() == len(seeds)].sort_index()
-    if mean.empty:
-        return None, np.inf
-    k = int(mean.idxmin())
-    return k, float(mean[k])
+    return lowest_mean(df[(df.dataset == ds) & (df.optimizer == o) & (df.param == pa) & (df.width == width)], seeds)
 
 
 def edge_neighbor(k, ks):

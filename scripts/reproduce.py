@@ -56,6 +56,17 @@ def write(args, name, table_md: str, fig=None, frame=None):
     print(table_md, flush=True)
 
 
+def lowest_mean(rows, seeds) -> tuple:
+    """(k, mean loss) of the lr index k with the lowest mean ``loss`` over ``seeds``, among the k
+    that have a row for every seed; (None, inf) if none has. ``rows``: one setting at one width."""
+    g = rows[rows.seed.isin(seeds)].groupby("k")["loss"]
+    mean = g.mean()[g.count() == len(seeds)].sort_index()
+    if mean.empty:
+        return None, np.inf
+    k = int(mean.idxmin())
+    return k, float(mean[k])
+
+
 def md(df: pd.DataFrame, fmt="{:+.2f}") -> str:
     """A DataFrame as a markdown table (floats with ``fmt``)."""
     cols = [str(c) for c in df.columns]
