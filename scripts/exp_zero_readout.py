@@ -69,9 +69,12 @@ def one_run(cfg: dict) -> dict:
                             **options)
     start = time.perf_counter()
     recs = ml.run(model, opt, data, steps=cfg["steps"], batch_size=min(cfg["batch"], cfg["n"]), seed=cfg["seed"])
-    last, probe = recs[-1], recs[min(PROBE_STEP, len(recs)) - 1]
-    return {**cfg, "hidden": probe["feature_change"]["layers.1"], "input": probe["feature_change"]["layers.0"],
-            "output": probe["output_change"], "test_accuracy": last.get("test_accuracy", np.nan),
+    last, at = recs[-1], min(PROBE_STEP, cfg["steps"])   # a shorter run: probed at its last step
+    # a run that diverged before the probe step has no change there: NaN, which the tables leave out
+    probe = recs[at - 1] if len(recs) >= at and "feature_change" in recs[at - 1] else None
+    change = probe["feature_change"] if probe else {"layers.0": np.nan, "layers.1": np.nan}
+    return {**cfg, "hidden": change["layers.1"], "input": change["layers.0"],
+            "output": probe["output_change"] if probe else np.nan, "test_accuracy": last.get("test_accuracy", np.nan),
             "test_loss": last.get("test_loss", np.nan), "diverged": last["diverged"], "steps_run": last["step"],
             "seconds": time.perf_counter() - start}
 
@@ -116,6 +119,7 @@ def sweep(args) -> pd.DataFrame:
     zero_abs, muP_abs = mean["hidden"][True].unstack("batch"), mean["hidden"][False].unstack("batch")
     acc, loss = pair("test_accuracy", "{:.2f}"), pair("test_loss", "{:.2f}")
     first_div = int(df[df.diverged].steps_run.min()) if df.diverged.any() else None
+    before_probe = int((df.diverged & df.hidden.isna()).sum())   # diverged before the step-PROBE_STEP probe
     cols = {b: ("full" if b == n else f"batch {b}") for b in batches}
 
     def table(t, fmt):
@@ -131,7 +135,10 @@ def sweep(args) -> pd.DataFrame:
             + f"\n\nTest accuracy after {args.steps} steps, muP readout / zero readout:\n\n" + table(acc, "{}")
             + f"\n\nTest loss after {args.steps} steps, muP readout / zero readout:\n\n" + table(loss, "{}")
             + ("" if first_div is None else f"\n\n*: some seeds diverged, div.: all did (the earliest at step "
-               f"{first_div}, after the step-{PROBE_STEP} probe); test metrics are means over the others."))
+               f"{first_div}); test metrics are means over the others. "
+               + (f"Every diverged run reached the step-{PROBE_STEP} probe." if not before_probe else
+                  f"{before_probe} of them diverged before the step-{PROBE_STEP} probe: their hidden changes are "
+                  "left out of the means (nan: every seed of that cell did).")))
     write(args, "zero_readout_sweep", text, ratio_figure(ratio, cols), df)
     return df
 
