@@ -92,10 +92,27 @@ def _check_key(k, where):
         raise ValueError(f"{where}: unknown key {k!r}; expected keys among {', '.join(GRID_KEYS)}")
 
 
+@lru_cache(maxsize=1)
+def curvature_defaults() -> dict:
+    """{optimizer: {option: default}} of the curvature memory: K-FAC's and FOOF's ``ema_decay`` and
+    ``inverse_interval``, Shampoo's ``beta`` and ``update_interval``, read from the optimizers'
+    signatures. ``normalize`` writes them into every config that leaves them out, so a run's key
+    says which curvature it used: these defaults have changed (factors averaged with decay 0.95 and
+    inverted every 10 steps before), and a results file written under other defaults must not pass
+    its runs off as today's on resume (its runs, without these keys, are run again)."""
+    import inspect
+
+    from .optim import KFAC, Shampoo
+    kfac, shampoo = (inspect.signature(c.__init__).parameters for c in (KFAC, Shampoo))
+    k = {n: kfac[n].default for n in ("ema_decay", "inverse_interval")}
+    return {"kfac": k, "foof": k, "shampoo": {n: shampoo[n].default for n in ("beta", "update_interval")}}
+
+
 def normalize(cfg: dict) -> dict:
-    """A full, validated config: defaults filled in; damping dropped for the optimizers without
-    one (SGD, Adam, Muon) and each option for the optimizers that do not read it
-    (``OPTIONS_OF``), so equivalent runs share one key."""
+    """A full, validated config: defaults filled in (the curvature memory's too,
+    ``curvature_defaults``); damping dropped for the optimizers without one (SGD, Adam, Muon)
+    and each option for the optimizers that do not read it (``OPTIONS_OF``), so equivalent runs
+    share one key."""
     c = {**MODEL_KEYS, **OPTIM_KEYS, **RUN_KEYS, **cfg}
     check_positive("width", c["width"], integer=True)
     check_positive("base_width", c["base_width"], integer=True)
@@ -114,6 +131,8 @@ def normalize(cfg: dict) -> dict:
     for k in OPTIM_OPTIONS:
         if k not in OPTIONS_OF[c["optimizer"]]:
             c.pop(k, None)
+    for k, default in curvature_defaults().get(c["optimizer"], {}).items():
+        c.setdefault(k, default)
     if c["optimizer"] not in DAMPED:
         c["damping"] = None
     elif c["damping"] is not None:

@@ -85,6 +85,31 @@ def test_serial_sweep_records_everything_and_resumes_without_rerunning(tmp_path)
     assert df2.set_index("width").loc[16, "train_loss"] == df.set_index("width").loc[16, "train_loss"]
 
 
+def test_a_config_names_its_curvature_memory_and_an_older_record_without_it_is_run_again(tmp_path):
+    kfac, shampoo, sgd = expand_grid({"optimizer": ["kfac", "shampoo", "sgd"], "width": 16})
+    assert (kfac["ema_decay"], kfac["inverse_interval"]) == (0.0, 1)        # the optimizers' defaults
+    assert (shampoo["beta"], shampoo["update_interval"]) == (0.0, 1)
+    assert not {"ema_decay", "inverse_interval", "beta", "update_interval"} & set(sgd)
+    # the default written out is the same run: one key
+    assert len(expand_grid([{"optimizer": "kfac"}, {"optimizer": "kfac", "ema_decay": 0.0}])) == 1
+    assert len(expand_grid([{"optimizer": "kfac"}, {"optimizer": "kfac", "ema_decay": 0.95}])) == 2
+    # a results file from before the configs named it (K-FAC then averaged its factors by
+    # default): its K-FAC run is not passed off as today's, its SGD run still resumes
+    grid = {**SMALL, "width": [16], "optimizer": ["kfac", "sgd"]}
+    results = tmp_path / "r.jsonl"
+    ml.sweep(grid, results=results, steps=2, executor="serial", progress=False)
+    old = []
+    for line in lines(results):
+        rec = json.loads(line)
+        for k in ("ema_decay", "inverse_interval"):
+            rec["config"].pop(k, None)
+        old.append(json.dumps({**rec, "key": config_key(rec["config"]), "train_loss": 123.0}))
+    results.write_text("\n".join(old) + "\n")
+    df = ml.sweep(grid, results=results, steps=2, executor="serial", progress=False).set_index("optimizer")
+    assert len(lines(results)) == 3                 # the K-FAC run again, appended
+    assert df.loc["sgd", "train_loss"] == 123.0 and df.loc["kfac", "train_loss"] != 123.0
+
+
 def test_diverged_runs_are_recorded_as_diverged(tmp_path):
     df = ml.sweep({"width": [16], "lr": [1e30], "optimizer": ["sgd"], "dataset": ["teacher"]},
                   results=tmp_path / "r.jsonl", steps=5, executor="serial", progress=False)
