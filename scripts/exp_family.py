@@ -38,7 +38,7 @@ import torch
 import mupso_lite as ml
 from mupso_lite.coord import exponents_of
 from mupso_lite.plots import coord_check_figure, lr_transfer_figure, save_html
-from reproduce import BASE, lowest_mean, md, write
+from reproduce import BASE, lowest_mean, md, seed_means, write
 
 FLAT = 0.1                      # |slope| below this: "flat" in the tables of this script
 STEPS = (1, 3, 10)
@@ -291,19 +291,21 @@ class LrRuns:
         return d
 
 
+def rows_of(df, key, width):
+    """The runs of ``key`` (optimizer, param, variant) at ``width``."""
+    o, pa, va = key
+    return df[(df.optimizer == o) & (df.param == pa) & (df.variant == va) & (df.width == width)]
+
+
 def best_k(df, key, width, seeds):
     """(k, mean loss) of the lowest mean loss over ``seeds`` among lrs that have all of them."""
-    o, pa, va = key
-    return lowest_mean(df[(df.optimizer == o) & (df.param == pa) & (df.variant == va) & (df.width == width)], seeds)
+    return lowest_mean(rows_of(df, key, width), seeds)
 
 
 def interpolated_optimum(df, key, width, seeds) -> float:
     """10^x* for the vertex x* of a parabola through (log10 lr, log mean loss) at the best lr and its neighbours."""
-    k, _ = best_k(df, key, width, seeds)
-    o, pa, va = key
-    sub = df[(df.optimizer == o) & (df.param == pa) & (df.variant == va) & (df.width == width) & df.seed.isin(seeds)]
-    g = sub.groupby("k")["loss"]
-    mean = g.mean()[g.count() == len(seeds)]
+    mean = seed_means(rows_of(df, key, width), seeds)
+    k = int(mean.idxmin()) if len(mean) else None
     if k is None or k - 1 not in mean.index or k + 1 not in mean.index:
         return float("nan")
     x = np.log10([lr_of(k - 1), lr_of(k), lr_of(k + 1)])
@@ -373,12 +375,9 @@ def lr(args):
     # the loss at every lr with all seeds, per width: how sharp the optimum is
     curves = []
     for key in LR_KEYS:
-        sub = df[(df.optimizer == key[0]) & (df.param == key[1]) & (df.variant == key[2]) & df.seed.isin(seeds)]
         for w in widths:
-            s = sub[sub.width == w].groupby("k")["loss"]
-            mean = s.mean()[s.count() == len(seeds)]
-            curves.append({"run": name(key), "width": str(w),
-                           **{k: f"{v:.3f}" for k, v in mean.sort_index().items()}})
+            mean = seed_means(rows_of(df, key, w), seeds)
+            curves.append({"run": name(key), "width": str(w), **{k: f"{v:.3f}" for k, v in mean.items()}})
     curve_table = pd.DataFrame(curves)
     ks = sorted(c for c in curve_table.columns if isinstance(c, (int, np.integer)))
     curve_table = curve_table[["run", "width", *ks]].fillna("").rename(columns={k: f"{lr_of(k):g}" for k in ks})

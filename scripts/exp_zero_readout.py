@@ -70,11 +70,13 @@ def one_run(cfg: dict) -> dict:
     start = time.perf_counter()
     recs = ml.run(model, opt, data, steps=cfg["steps"], batch_size=min(cfg["batch"], cfg["n"]), seed=cfg["seed"])
     last, at = recs[-1], min(PROBE_STEP, cfg["steps"])   # a shorter run: probed at its last step
-    # a run that diverged before the probe step has no change there: NaN, which the tables leave out
-    probe = recs[at - 1] if len(recs) >= at and "feature_change" in recs[at - 1] else None
-    change = probe["feature_change"] if probe else {"layers.0": np.nan, "layers.1": np.nan}
-    return {**cfg, "hidden": change["layers.1"], "input": change["layers.0"],
-            "output": probe["output_change"] if probe else np.nan, "test_accuracy": last.get("test_accuracy", np.nan),
+    if len(recs) >= at and "feature_change" in recs[at - 1]:
+        probe = recs[at - 1]
+        changes = dict(hidden=probe["feature_change"]["layers.1"], input=probe["feature_change"]["layers.0"],
+                       output=probe["output_change"])
+    else:   # diverged before the probe step: no change there (NaN, which the tables leave out)
+        changes = dict(hidden=np.nan, input=np.nan, output=np.nan)
+    return {**cfg, **changes, "test_accuracy": last.get("test_accuracy", np.nan),
             "test_loss": last.get("test_loss", np.nan), "diverged": last["diverged"], "steps_run": last["step"],
             "seconds": time.perf_counter() - start}
 

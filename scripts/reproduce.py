@@ -56,11 +56,17 @@ def write(args, name, table_md: str, fig=None, frame=None):
     print(table_md, flush=True)
 
 
-def lowest_mean(rows, seeds) -> tuple:
-    """(k, mean loss) of the lr index k with the lowest mean ``loss`` over ``seeds``, among the k
-    that have a row for every seed; (None, inf) if none has. ``rows``: one setting at one width."""
+def seed_means(rows, seeds) -> pd.Series:
+    """Mean ``loss`` over ``seeds`` per lr index k, for the k that have a row for every seed
+    (sorted by k). ``rows``: one setting at one width."""
     g = rows[rows.seed.isin(seeds)].groupby("k")["loss"]
-    mean = g.mean()[g.count() == len(seeds)].sort_index()
+    return g.mean()[g.count() == len(seeds)].sort_index()
+
+
+def lowest_mean(rows, seeds) -> tuple:
+    """(k, mean loss) of the lr index k with the lowest ``seed_means``; (None, inf) if no k has
+    every seed."""
+    mean = seed_means(rows, seeds)
     if mean.empty:
         return None, np.inf
     k = int(mean.idxmin())

@@ -371,8 +371,10 @@ def test_closing_a_notebook_tab_shuts_its_kernel_down(tmp_path):
             page.goto(f"{base}/lab/tree/01_why_width_matters.ipynb?token={token}")
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
             # one kernel, idle, with the page connected to it
-            connected = lambda k: k is not None and len(k) == 1 and k[0][0] >= 1 and k[0][1] == "idle"  # noqa: E731
-            assert wait_for(lambda: connected(kernels(base, token)), 60, poll=0.25), kernels(base, token)
+            def connected():
+                k = kernels(base, token)
+                return k is not None and len(k) == 1 and k[0][0] >= 1 and k[0][1] == "idle"
+            assert wait_for(connected, 60, poll=0.25), kernels(base, token)
             tab = page.locator("#jp-main-dock-panel .lm-TabBar-tab", has_text="01_why_width_matters.ipynb")
             tab.locator(".lm-TabBar-tabCloseIcon").click()
             dismiss_dialogs(page)   # "Save your work?" if the notebook counts as changed
